@@ -1,0 +1,218 @@
+"""One typed configuration style for every vlm-rl command.
+
+Values come, lowest priority first, from: class defaults → a YAML file → the familiar
+environment names of shell-script trainers (MODEL_PATH, NUM_GENERATIONS, ...) → ``key=value``
+overrides from the command line. Everything is validated here, before any Ray resources are
+taken, so a typo costs a second instead of a cluster start.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: Environment names users know from shell-script trainers → config field.
+ENV_NAMES: dict[str, str] = {
+    "MODEL_PATH": "model_path",
+    "MAX_IMAGE_SIZE": "max_image_size",
+    "NUM_GENERATIONS": "num_generations",
+    "BETA": "beta",
+    "LEARNING_RATE": "learning_rate",
+    "LORA_R": "lora_r",
+    "EVAL_STEPS": "eval_steps",
+    "OUTPUT_DIR": "output_dir",
+    "DISABLE_GRADIENT_CHECKPOINTING": "disable_gradient_checkpointing",
+    "MLFLOW_TRACKING_URI": "tracking_uri",
+    "TRAIN_DATA": "train_data",
+    "VAL_DATA": "val_data",
+}
+
+#: Names of models built offline with random weights (tests, demo). Anything else is a path or hub id.
+TINY_MODELS = ("tiny-qwen3-vl", "tiny-qwen2.5-vl")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field and the source."""
+
+
+class BaseConfig(BaseModel):
+    """Fields shared by every command: model, data, output, tracking, cluster shape."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # model & data
+    model_path: str = Field("tiny-qwen3-vl", description="HF path/id, local dir, or a TINY_MODELS name")
+    train_data: str | None = Field(None, description="JSONL of {image, objects:[{label,bbox_2d}]}; None = synthetic")
+    val_data: str | None = None
+    labels: list[str] | None = Field(None, description="allowed labels; None = taken from the data")
+    max_image_size: int = Field(448, ge=32, le=4096, description="longest image side fed to the model, px")
+    synthetic_train_size: int = Field(256, ge=1)
+    synthetic_val_size: int = Field(32, ge=1)
+
+    # output & tracking
+    output_dir: str = "outputs/run"
+    tracking_uri: str | None = Field(None, description="MLflow URI; None = sqlite:///<output_dir>/mlflow.db")
+    experiment_name: str = "vlm-rl"
+    run_name: str | None = None
+    seed: int = 0
+
+    # cluster shape
+    num_learners: int = Field(2, ge=1, description="Ray Train workers (DeepSpeed ranks)")
+    use_gpu: bool = False
+    cpus_per_learner: float = Field(1.0, gt=0)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    bf16: bool = False
+
+    # model training knobs
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    lora_r: int = Field(16, ge=0, description="LoRA rank; 0 = full fine-tuning")
+    lora_alpha: int | None = Field(None, ge=1, description="None = 2 * lora_r")
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    disable_gradient_checkpointing: bool = False
+    save_every_samples: int = Field(0, ge=0, description="checkpoint every N training samples; 0 = only at end")
+    keep_checkpoints: int = Field(2, ge=1)
+    resume: str | None = Field(None, description="'auto' (latest in output_dir) or a checkpoint path")
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return not self.disable_gradient_checkpointing
+
+    @property
+    def effective_lora_alpha(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else 2 * max(self.lora_r, 1)
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{Path(self.output_dir).resolve() / 'mlflow.db'}"
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> BaseConfig:
+        for name in ("train_data", "val_data"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise ValueError(f"{name}: file not found: {value}")
+        if self.bf16 and not self.use_gpu:
+            raise ValueError("bf16: needs use_gpu=true (CPU runs train in float32)")
+        return self
+
+
+class GRPOConfig(BaseConfig):
+    """GRPO: rollouts from a Ray actor pool, DeepSpeed learners on Ray Train."""
+
+    num_generations: int = Field(4, ge=2, description="completions per prompt (the GRPO group)")
+    prompts_per_step: int = Field(4, ge=1, description="prompts per optimizer step, over all learners")
+    num_steps: int = Field(20, ge=1)
+    beta: float = Field(0.04, ge=0, description="KL coefficient to the reference; 0 = no reference pass")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="lower clip of the policy ratio")
+    epsilon_high: float | None = Field(None, gt=0, description="upper clip (DAPO clip-higher); None = epsilon")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_rollout_workers: int = Field(1, ge=1)
+    rollout_gpus: float = Field(0.0, ge=0, description="GPUs per rollout actor (0 on CPU)")
+    rollout_batch_size: int = Field(64, ge=1, description="completions generated per forward batch")
+    format_weight: float = Field(0.5, ge=0)
+    eval_steps: int = Field(0, ge=0, description="evaluate every N steps; 0 = off")
+    log_images_every: int = Field(5, ge=0, description="draw sample rollouts every N steps; 0 = off")
+    sft_warmup_steps: int = Field(0, ge=0, description="supervised steps before GRPO (makes tiny models learnable)")
+
+    @property
+    def clip_high(self) -> float:
+        return self.epsilon_high if self.epsilon_high is not None else self.epsilon
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> GRPOConfig:
+        if self.prompts_per_step % self.num_learners:
+            raise ValueError(
+                f"prompts_per_step: {self.prompts_per_step} must be a multiple of num_learners={self.num_learners}"
+            )
+        return self
+
+
+class SFTConfig(BaseConfig):
+    """LoRA supervised fine-tuning on detection answers."""
+
+    num_epochs: int = Field(1, ge=1)
+    max_steps: int = Field(0, ge=0, description="stop after N steps; 0 = num_epochs")
+    batch_size: int = Field(4, ge=1, description="samples per optimizer step over all learners")
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+
+
+class DPOConfig(BaseConfig):
+    """DPO on chosen/rejected pairs (see `vlm-rl dpo-data`)."""
+
+    pairs: str | None = Field(None, description="JSONL of DPO pairs from `vlm-rl dpo-data`")
+    beta: float = Field(0.1, gt=0)
+    num_epochs: int = Field(1, ge=1)
+    max_steps: int = Field(0, ge=0)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+
+
+C = TypeVar("C", bound=BaseConfig)
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an override/env value the way YAML would (numbers, booleans, lists)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_config(
+    cls: type[C],
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> C:
+    """Build ``cls`` from YAML + environment + overrides; raise ConfigError naming the bad field.
+
+    >>> load_config(GRPOConfig, overrides=["num_generations=8"], env={}).num_generations
+    8
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of config keys")
+        values.update({k.lower(): v for k, v in loaded.items()})
+    env = os.environ if env is None else env
+    for name, field in ENV_NAMES.items():
+        if name in env and field in cls.model_fields:
+            values[field] = _parse_scalar(env[name])
+    if isinstance(overrides, dict):
+        values.update(overrides)
+    else:
+        for item in overrides or []:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise ConfigError(f"override {item!r}: expected key=value")
+            key = key.strip().lstrip("-").replace("-", "_").lower()
+            values[ENV_NAMES.get(key.upper(), key)] = _parse_scalar(raw)
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        source = f" (from {path})" if path else ""
+        raise ConfigError(f"invalid {cls.__name__}{source}: {problems}") from exc
+
+
+def save_config(config: BaseConfig, path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=True))

@@ -1,0 +1,107 @@
+"""The GRPO policy loss: clipped importance-ratio surrogate + k3 KL to the reference, four aggregations.
+
+Aggregation decides how much each *token* weighs, which changes what the policy learns about length:
+
+* ``grpo``: mean over a sequence's tokens, then over sequences (the paper; long answers' tokens weigh less).
+* ``bnpo``: sum over all tokens / tokens in this batch.
+* ``dapo``: sum over all tokens / ``num_items_in_batch`` (the token count of the whole optimizer step,
+  over gradient-accumulation micro-batches and ranks), so every token weighs the same; equals ``bnpo``
+  when that count is this batch's.
+* ``dr_grpo``: sum over all tokens / (sequences * ``max_completion_length``): a constant, no length bias.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from vlm_rl.algos.kl import kl_k3
+
+LossType = Literal["grpo", "bnpo", "dapo", "dr_grpo"]
+LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float,
+    eps_low: float,
+    eps_high: float,
+    loss_type: LossType = "dapo",
+    max_completion_length: int | None = None,
+    num_items_in_batch: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Scalar loss and detached metrics for completion tokens ``[N, T]``.
+
+    ``old_logp`` are the log-probs the completions were sampled with (``None``: on-policy, ratio 1 with
+    gradient); ``ref_logp`` the reference model's (``None`` or ``beta == 0``: no KL term).
+    ``advantages`` is ``[N]`` (one per sequence) or ``[N, T]``. ``mask`` is 1 for completion tokens.
+    Metrics: ``kl`` (masked mean k3, when ``ref_logp`` is given), ``clip_ratio`` (fraction of tokens whose
+    gradient the clip removed), ``clip_ratio/low``, ``clip_ratio/high``, ``ratio`` (masked mean).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type: expected one of {LOSS_TYPES}, got {loss_type!r}")
+    if logp.ndim != 2 or mask.shape != logp.shape:
+        raise ValueError(f"mask: shape {tuple(mask.shape)} must equal logp's [N, T] {tuple(logp.shape)}")
+    if advantages.ndim == 1:
+        advantages = advantages[:, None]
+    if advantages.shape[0] != logp.shape[0]:
+        raise ValueError(f"advantages: {advantages.shape[0]} rows for {logp.shape[0]} sequences")
+    mask = mask.to(logp.dtype)
+    advantages = advantages.to(logp.dtype)
+    old = logp.detach() if old_logp is None else old_logp
+
+    ratio = torch.exp(logp - old)
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    per_token = -torch.min(ratio * advantages, clipped * advantages)
+    kl = kl_k3(logp, ref_logp) if ref_logp is not None else None
+    if kl is not None and beta > 0:
+        per_token = per_token + beta * kl
+
+    loss = _aggregate(per_token, mask, loss_type, max_completion_length, num_items_in_batch)
+
+    with torch.no_grad():
+        r, a = ratio.detach(), advantages.expand_as(ratio)
+        low = ((r < 1 - eps_low) & (a < 0)).to(logp.dtype)
+        high = ((r > 1 + eps_high) & (a > 0)).to(logp.dtype)
+        metrics = {
+            "clip_ratio/low": _masked_mean(low, mask),
+            "clip_ratio/high": _masked_mean(high, mask),
+            "clip_ratio": _masked_mean(low + high, mask),
+            "ratio": _masked_mean(r, mask),
+        }
+        if kl is not None:
+            metrics["kl"] = _masked_mean(kl.detach(), mask)
+    return loss, metrics
+
+
+def _aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    max_completion_length: int | None,
+    num_items_in_batch: float | torch.Tensor | None,
+) -> torch.Tensor:
+    masked = torch.where(mask > 0, per_token * mask, torch.zeros_like(per_token))
+    if loss_type == "grpo":
+        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+    if loss_type == "bnpo":
+        return masked.sum() / mask.sum().clamp(min=1)
+    if loss_type == "dapo":
+        if num_items_in_batch is None:
+            return masked.sum() / mask.sum().clamp(min=1)
+        denom = torch.as_tensor(num_items_in_batch, dtype=masked.dtype, device=masked.device)
+        return masked.sum() / denom.clamp(min=1)
+    length = max_completion_length if max_completion_length is not None else per_token.shape[1]
+    if length < 1:
+        raise ValueError(f"max_completion_length: must be >= 1, got {length}")
+    return masked.sum() / (per_token.shape[0] * length)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask > 0, values * mask, torch.zeros_like(values)).sum() / mask.sum().clamp(min=1)

@@ -78,6 +78,8 @@ class BaseConfig(BaseModel):
     save_every_samples: int = Field(0, ge=0, description="checkpoint every N training samples; 0 = only at end")
     keep_checkpoints: int = Field(2, ge=1)
     resume: str | None = Field(None, description="'auto' (latest in output_dir) or a checkpoint path")
+    max_failures: int = Field(2, ge=0, description="learner restarts (from the last checkpoint) before giving up")
+    micro_batch_size: int = Field(0, ge=0, description="sequences per forward/backward; 0 = a rank's whole batch")
 
     @property
     def gradient_checkpointing(self) -> bool:

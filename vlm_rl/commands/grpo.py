@@ -1,0 +1,24 @@
+"""`vlm-rl grpo`: GRPO training on the local (or RAY_ADDRESS) Ray cluster."""
+
+from __future__ import annotations
+
+import json
+
+from vlm_rl.commands._common import add_config_arguments, config_from_args
+from vlm_rl.config import GRPOConfig
+
+NAME = "grpo"
+HELP = "GRPO reinforcement learning for detection (rollout actors + DeepSpeed learners on Ray Train)"
+
+
+def add_arguments(parser) -> None:
+    add_config_arguments(parser)
+
+
+def run(args) -> int:
+    config = config_from_args(GRPOConfig, args)
+    from vlm_rl.learner.grpo_job import run_grpo
+
+    summary = run_grpo(config)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
+    return 0

@@ -1,0 +1,72 @@
+"""DeepSpeed around the policy: ZeRO-2/3 config, the engine, and gathering weights for export."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from vlm_rl.config import BaseConfig
+
+
+def deepspeed_config(config: BaseConfig, micro_batch: int, accumulation: int, world_size: int) -> dict:
+    """ZeRO config; stage 0 is plain data parallel. Optimizer is torch AdamW (no JIT build on CPU)."""
+    zero: dict = {"stage": config.zero_stage}
+    if config.zero_stage == 3:
+        zero.update(stage3_gather_16bit_weights_on_model_save=False, stage3_param_persistence_threshold=10_000)
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro_batch * accumulation * world_size,
+        "gradient_clipping": config.max_grad_norm,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": bool(config.bf16)},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_engine(model, config: BaseConfig, micro_batch: int, accumulation: int = 1):
+    """Wrap ``model`` in a DeepSpeed engine; uses the process group Ray Train already created."""
+    import deepspeed
+
+    if not dist.is_initialized():  # single-process use (benchmarks, CPU tests without Ray Train)
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   rank=0, world_size=1)
+    world = dist.get_world_size()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=deepspeed_config(config, micro_batch, accumulation, world)
+    )
+    from vlm_rl.learner.checkpoint import SafeCheckpointEngine
+
+    engine.checkpoint_engine = SafeCheckpointEngine()
+    return engine
+
+
+def export_trainable_weights(engine, lora: bool, zero_stage: int) -> dict[str, torch.Tensor] | None:
+    """Trainable weights as a CPU state dict on rank 0 (None elsewhere): the LoRA adapter alone under LoRA.
+
+    Under ZeRO-3 parameters are sharded, so every rank must take part in the gather.
+    """
+    import deepspeed
+
+    model = engine.module
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    state: dict[str, torch.Tensor] = {}
+    with deepspeed.zero.GatheredParameters([p for _, p in named], enabled=zero_stage == 3):
+        if rank == 0:
+            state = {n: p.detach().to("cpu", copy=True) for n, p in named}
+    if rank != 0:
+        return None
+    if lora:
+        from peft import get_peft_model_state_dict
+
+        return dict(get_peft_model_state_dict(model, state_dict=state))
+    return state

@@ -1,0 +1,117 @@
+"""The GRPO job, driver side: validate → prepare data and model → connect to Ray → pool + trainer → summary.
+
+``run_grpo(config)`` is the single entry point used by ``vlm-rl grpo``, ``ray_jobs/grpo.py`` and Tune.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from vlm_rl.config import ConfigError, GRPOConfig
+from vlm_rl.data.schema import load_jsonl
+from vlm_rl.learner.checkpoint import list_checkpoints
+from vlm_rl.models.loading import resolve_model_path
+
+
+def prepare_run(config: GRPOConfig) -> tuple[GRPOConfig, list[str]]:
+    """Resolve paths, make the synthetic dataset if none is given, build tiny models; no Ray yet."""
+    output_dir = Path(config.output_dir).resolve()
+    if not config.resume and list_checkpoints(output_dir):
+        raise ConfigError(
+            f"output_dir: {output_dir} already holds checkpoints; pass --resume auto to continue that run "
+            "or choose a new output_dir"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    updates: dict = {"output_dir": str(output_dir)}
+    if config.train_data is None:
+        from vlm_rl.data.synthetic import make_synthetic_dataset
+
+        train, val = make_synthetic_dataset(
+            output_dir / "data", n_train=config.synthetic_train_size, n_val=config.synthetic_val_size,
+            seed=config.seed, max_objects=2,
+        )
+        updates["train_data"] = str(train)
+        if config.val_data is None:
+            updates["val_data"] = str(val)
+    updates["model_path"] = str(resolve_model_path(config.model_path))
+    config = config.model_copy(update=updates)
+    samples = load_jsonl(config.train_data, labels=config.labels, on_error="raise").samples
+    if len(samples) < config.prompts_per_step:
+        raise ConfigError(
+            f"train_data: {config.train_data} has {len(samples)} samples, fewer than prompts_per_step="
+            f"{config.prompts_per_step}"
+        )
+    labels = config.labels or sorted({o.label for s in samples for o in s.objects})
+    return config, labels
+
+
+def rollout_worker_kwargs(config: GRPOConfig, labels: list[str]) -> dict:
+    return dict(
+        model_path=config.model_path, labels=labels, max_image_size=config.max_image_size,
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+        batch_size=config.rollout_batch_size, format_weight=config.format_weight,
+        lora_rank=config.lora_r, lora_alpha=config.effective_lora_alpha, seed=config.seed,
+        dtype="bfloat16" if config.bf16 else "float32",
+    )
+
+
+def connect_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS"):  # a private local cluster on loopback
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING")
+
+
+def make_rollout_pool(config: GRPOConfig, labels: list[str]):
+    from vlm_rl.rollout.pool import RolloutPool
+
+    return RolloutPool(config.num_rollout_workers, rollout_worker_kwargs(config, labels),
+                       num_cpus=1, num_gpus=config.rollout_gpus)
+
+
+def run_grpo(config: GRPOConfig, *, parent_run_id: str | None = None, run_name: str | None = None,
+             storage_path: str | None = None, pool=None) -> dict:
+    """Run GRPO to ``config.num_steps``; returns the summary (also in <output_dir>/summary.json).
+
+    ``pool``: an existing rollout pool (kept alive afterwards, e.g. to inspect its weights); else one is
+    made for the run and shut down at the end.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from vlm_rl.learner.train_worker import train_grpo_worker
+
+    config, labels = prepare_run(config)
+    connect_ray()
+    own_pool = pool is None
+    pool = make_rollout_pool(config, labels) if own_pool else pool
+    resources = {"CPU": config.cpus_per_learner}
+    if config.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_grpo_worker,
+        train_loop_config={
+            "config": config.model_dump(mode="json"), "rollout_pool": pool, "labels": labels,
+            "parent_run_id": parent_run_id, "run_name": run_name or config.run_name,
+            "micro_batch_size": config.micro_batch_size,
+        },
+        scaling_config=ScalingConfig(num_workers=config.num_learners, use_gpu=config.use_gpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name="grpo", storage_path=storage_path or str(Path(config.output_dir) / "ray_train"),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+        ),
+    )
+    try:
+        trainer.fit()
+    finally:
+        if own_pool:
+            pool.shutdown()
+    summary_file = Path(config.output_dir) / "summary.json"
+    return json.loads(summary_file.read_text())

@@ -1,0 +1,96 @@
+"""One learner rank's work per step: rebuild the policy inputs, compute the GRPO (or SFT) loss, step."""
+
+from __future__ import annotations
+
+import torch
+
+from vlm_rl.algos.grpo_loss import grpo_loss
+from vlm_rl.config import BaseConfig, GRPOConfig
+from vlm_rl.learner.engine import export_trainable_weights
+from vlm_rl.learner.policy import completion_logprobs, reference_context
+from vlm_rl.models.prompts import build_policy_inputs, detection_instruction
+from vlm_rl.rollout.types import Completion, PromptItem
+from vlm_rl.rollout.worker import prepare_prompt
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+    size = n if size <= 0 else size
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class PolicyLearner:
+    """Owns the DeepSpeed engine of one rank. Pure torch apart from the engine; no Ray."""
+
+    def __init__(self, engine, processor, family: str, config: BaseConfig, labels: list[str] | None,
+                 micro_batch_size: int = 0):
+        self.engine = engine
+        self.processor = processor
+        self.family = family
+        self.config = config
+        self.instruction = detection_instruction(labels)
+        self.lora = config.lora_r > 0
+        self.micro_batch_size = micro_batch_size
+        self.device = engine.device
+
+    def _inputs(self, items: list[PromptItem], completion_ids: list[list[int]]) -> dict:
+        images = [prepare_prompt(item, self.config.max_image_size, self.family)[0] for item in items]
+        batch = build_policy_inputs(self.processor, images, self.instruction, completion_ids, repeats=1)
+        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    def grpo_step(self, items: list[PromptItem], completions: list[Completion], advantages: torch.Tensor) -> dict:
+        """One optimizer step over this rank's completions (``items[c.prompt_index]`` is each one's prompt)."""
+        config: GRPOConfig = self.config  # type: ignore[assignment]
+        engine = self.engine
+        engine.train()
+        n_tokens_total = sum(len(c.completion_ids) for c in completions)
+        sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
+        slices = micro_batches(len(completions), self.micro_batch_size)
+        for sl in slices:
+            chunk = completions[sl]
+            batch = self._inputs([items[c.prompt_index] for c in chunk], [c.completion_ids for c in chunk])
+            mask = batch["completion_mask"].float()
+            logp = completion_logprobs(engine, batch, config.temperature)
+            ref_logp = None
+            if config.beta > 0:
+                with torch.no_grad(), reference_context(engine.module, self.lora):
+                    ref_logp = completion_logprobs(engine, batch, config.temperature)
+            adv = advantages[sl].to(self.device, dtype=logp.dtype)
+            loss, metrics = grpo_loss(
+                logp, logp.detach(), ref_logp, adv, mask, beta=config.beta, eps_low=config.epsilon,
+                eps_high=config.clip_high, loss_type=config.loss_type,
+                max_completion_length=config.max_new_tokens, num_items_in_batch=n_tokens_total,
+            )
+            # DeepSpeed divides by the accumulation steps; dapo already normalises by the whole batch's tokens.
+            scale = len(slices) if config.loss_type == "dapo" else 1.0
+            engine.backward(loss * scale)
+            engine.step()
+            weight = len(chunk) / len(completions)
+            sums["loss"] += float(loss.detach()) * (1.0 if config.loss_type == "dapo" else weight)
+            sums["kl"] += float(metrics.get("kl", 0.0)) * weight
+            sums["clip_ratio"] += float(metrics.get("clip_ratio", 0.0)) * weight
+        sums["grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
+        return sums
+
+    def sft_step(self, items: list[PromptItem], target_ids: list[list[int]]) -> dict:
+        """Supervised step: mean negative log-likelihood of the target answer tokens."""
+        engine = self.engine
+        engine.train()
+        total_tokens = sum(len(t) for t in target_ids)
+        slices = micro_batches(len(items), self.micro_batch_size)
+        loss_sum = 0.0
+        for sl in slices:
+            batch = self._inputs(items[sl], target_ids[sl])
+            mask = batch["completion_mask"].float()
+            logp = completion_logprobs(engine, batch)
+            loss = -(logp * mask).sum() / max(total_tokens, 1)
+            engine.backward(loss * len(slices))
+            engine.step()
+            loss_sum += float(loss.detach())
+        return {"sft_loss": loss_sum, "grad_norm": float(engine.get_global_grad_norm() or 0.0)}
+
+    def export_weights(self) -> dict | None:
+        """Collective under ZeRO-3; returns the state on rank 0 only."""
+        return export_trainable_weights(self.engine, self.lora, self.config.zero_stage)
+
+    def adapter_config(self):
+        return self.engine.module.peft_config["default"] if self.lora else None

@@ -1,0 +1,64 @@
+"""The trainable policy: model loading for training, LoRA, gradient checkpointing, token log-probs."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from vlm_rl.config import BaseConfig
+from vlm_rl.models.loading import load_model, load_processor, model_family, resolve_model_path
+
+
+def build_policy(config: BaseConfig, device: str = "cpu"):
+    """Return (model, processor, family) ready for DeepSpeed: LoRA or full, vision tower frozen."""
+    path = resolve_model_path(config.model_path)
+    torch.manual_seed(config.seed)  # LoRA init is random: the same seed gives the same adapter
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    model = load_model(path, dtype=dtype, device=device)
+    family = model_family(model.config)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if config.lora_r > 0:
+        from peft import get_peft_model
+
+        from vlm_rl.models.lora import lora_config
+
+        if config.gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = get_peft_model(model, lora_config(config.lora_r, config.effective_lora_alpha, config.lora_dropout))
+    else:
+        for name, param in model.named_parameters():
+            if ".visual." in f".{name}" or name.startswith("visual.") or "model.visual" in name:
+                param.requires_grad_(False)
+    return model, load_processor(path), family
+
+
+def reference_context(model, lora: bool):
+    """Under LoRA the reference is the same network with the adapter switched off: no second copy."""
+    if lora:
+        return model.disable_adapter()
+    return contextlib.nullcontext()
+
+
+def model_inputs(batch: dict) -> dict:
+    keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def completion_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs of the completion tokens, [N, C]; logits only for the completion span are computed."""
+    completion_ids = batch["input_ids"][:, batch["prompt_length"] :]
+    width = completion_ids.shape[1]
+    out = model(**model_inputs(batch), logits_to_keep=width + 1, use_cache=False)
+    logits = out.logits[:, :-1, :]
+    if temperature != 1.0:
+        logits = logits / temperature
+    from vlm_rl.algos.logprobs import selective_log_softmax
+
+    return selective_log_softmax(logits, completion_ids)
+
+
+def trainable_named_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -1,0 +1,156 @@
+"""Rank-0 side effects of a GRPO run: MLflow, health alerts, rollout records and pictures, progress, eval."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from vlm_rl.config import GRPOConfig
+from vlm_rl.learner.grpo_loop import LoopSinks, LoopState
+from vlm_rl.rollout.types import Completion, PromptItem
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if key in r]
+    return sum(values) / len(values) if values else None
+
+
+class RunSinks:
+    """Everything rank 0 does besides training; one object so the worker function stays short."""
+
+    def __init__(self, config: GRPOConfig, cfg: dict, family: str, rollout, resumed_run_id: str | None = None):
+        from vlm_rl.tracking.health import HealthMonitor
+        from vlm_rl.tracking.mlflow_logger import RunTracker
+
+        self.config = config
+        self.family = family
+        self.labels = list(cfg.get("labels") or [])
+        self.rollout = rollout
+        self.output_dir = Path(config.output_dir)
+        self.rollouts_file = self.output_dir / "rollouts.jsonl"
+        self.monitor = HealthMonitor()
+        self.alerts: list = []
+        self.last_checkpoint: str | None = None
+        self.started = time.time()
+        name = cfg.get("run_name") or config.run_name or f"grpo-{Path(config.model_path).name}-g{config.num_generations}"
+        self.tracker = RunTracker(
+            config.resolved_tracking_uri, config.experiment_name, run_name=name,
+            local_dir=str(self.output_dir), parent_run_id=cfg.get("parent_run_id"), run_id=resumed_run_id,
+            tags={"vlm_rl.algorithm": "grpo", "vlm_rl.model_family": family},
+        )
+        if resumed_run_id is None:
+            self.tracker.log_params({**config.model_dump(mode="json"), "labels": ",".join(self.labels)})
+        self.run_id = self.tracker.run_id
+
+    def loop_sinks(self) -> LoopSinks:
+        return LoopSinks(log_metrics=self.log_metrics, on_rollouts=self.on_rollouts,
+                         evaluate=self.evaluate if self.config.eval_steps else None, progress=self.progress)
+
+    # -- sinks ---------------------------------------------------------------------------------
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.tracker.log_metrics(metrics, step=step)
+        if any(k.startswith("warmup/") for k in metrics):
+            return
+        from vlm_rl.tracking.health import alerts_to_tags
+
+        new = self.monitor.update(step, metrics)
+        if new:
+            self.alerts.extend(new)
+            for alert in new:
+                print(f"[health] step {step} {alert.severity.upper()} {alert.code}: {alert.message} "
+                      f"→ {alert.remedy}", flush=True)
+        tags, numeric = alerts_to_tags(self.alerts)
+        self.tracker.set_tags(tags)
+        self.tracker.log_metrics(numeric, step=step)
+
+    def on_rollouts(self, step: int, items: list[PromptItem], completions: list[Completion]) -> None:
+        with self.rollouts_file.open("a") as fh:
+            for c in completions:
+                item = items[c.prompt_index]
+                fh.write(json.dumps({
+                    "step": step, "sample_id": c.sample_id, "image": item.image, "prompt": self._instruction(),
+                    "completion": c.text, "reward": c.reward, "rewards": c.rewards, "solution": c.solution,
+                }) + "\n")
+        every = self.config.log_images_every
+        if every and (step == 1 or step % every == 0):
+            self.tracker.log_image(self._picture(step, items, completions), f"rollouts/step_{step:05d}.png")
+
+    def _instruction(self) -> str:
+        from vlm_rl.models.prompts import detection_instruction
+
+        return detection_instruction(self.labels)
+
+    def _picture(self, step: int, items: list[PromptItem], completions: list[Completion]):
+        """The first prompt's group (and one more prompt), drawn as boxes on the model's input image."""
+        from vlm_rl.models.coords import from_model_coords
+        from vlm_rl.reports.rollout_images import draw_detections, rollout_grid
+        from vlm_rl.rewards.parse import parse_detections
+        from vlm_rl.rollout.worker import prepare_prompt
+
+        pictures = []
+        shown = [c for c in completions if c.prompt_index < 2][: 2 * self.config.num_generations]
+        for c in shown:
+            image, _ = prepare_prompt(items[c.prompt_index], self.config.max_image_size, self.family)
+
+            def to_px(objs, image=image):
+                return [{"label": str(o.get("label", "")), "bbox_2d": from_model_coords(o["bbox_2d"], image.width,
+                                                                                      image.height, self.family)}
+                        for o in objs or []]
+
+            title = f"step {step} · reward {c.reward:.2f} (det {c.rewards['detection']:.2f}, fmt {c.rewards['format']:.2f})"
+            pictures.append(draw_detections(image, to_px(c.solution), to_px(parse_detections(c.text)), title=title))
+        return rollout_grid(pictures, columns=self.config.num_generations)
+
+    def evaluate(self, step: int) -> dict:
+        result = self.rollout.evaluate(self.config.val_data, step)
+        return {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+
+    def progress(self, step: int, metrics: dict) -> None:
+        print(
+            f"step {step}/{self.config.num_steps} reward {metrics['reward/total']:.3f} "
+            f"(fmt {metrics['reward/format']:.2f} det {metrics['reward/detection']:.2f}) loss {metrics['loss']:.4f} "
+            f"kl {metrics['kl']:.4f} len {metrics['completion_length/mean']:.0f} "
+            f"gen {metrics['time/generation']:.1f}s train {metrics['time/training']:.1f}s "
+            f"{metrics['samples_per_hour']:.0f} samples/h",
+            flush=True,
+        )
+
+    def on_checkpoint(self, path: Path, state: LoopState) -> None:
+        self.last_checkpoint = str(path)
+        self.tracker.set_tags({"vlm_rl.last_checkpoint": str(path)})
+        if self.config.lora_r > 0:  # adapters are small: keep them browsable in MLflow
+            for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json"):
+                if (path / name).is_file():
+                    self.tracker.log_artifact(str(path / name), artifact_path=f"checkpoints/{path.name}")
+
+    # -- end -----------------------------------------------------------------------------------
+    def finish(self, state: LoopState | None = None, status: str = "FINISHED") -> dict:
+        if state is None:
+            self.tracker.finish(status=status)
+            return {}
+        history = state.history
+        k = max(1, min(5, len(history) // 3))
+        summary = {
+            "run_id": self.run_id,
+            "steps": state.step,
+            "samples": state.samples,
+            "reward_first": _mean(history[:k], "reward/total"),
+            "reward_last": _mean(history[-k:], "reward/total"),
+            "samples_per_hour": history[-1]["samples_per_hour"] if history else None,
+            "mean_kl": _mean(history, "kl"),
+            "phase_times": {p: _mean(history, f"time/{p}") for p in ("generation", "training", "weight_sync", "step")},
+            "checkpoint": self.last_checkpoint,
+            "health": [a.code for a in self.alerts],
+            "wall_seconds": time.time() - self.started,
+            "history": history,
+        }
+        try:
+            from vlm_rl.reports.curves import plot_training_curves
+
+            self.tracker.log_figure(plot_training_curves(history), "plots/training_curves.png")
+        except Exception as exc:  # a plot must never fail a finished run
+            print(f"[vlm-rl] could not plot curves: {exc}", flush=True)
+        self.tracker.log_dict({k: v for k, v in summary.items() if k != "history"}, "summary.json")
+        self.tracker.finish(status=status)
+        return summary

@@ -1,0 +1,90 @@
+"""The Ray Train worker function: wires the real collaborators into ``grpo_train`` on each learner rank."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from vlm_rl.config import GRPOConfig
+from vlm_rl.data.schema import load_jsonl
+from vlm_rl.learner.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from vlm_rl.learner.comm import Comm
+from vlm_rl.learner.engine import build_engine
+from vlm_rl.learner.grpo_learner import PolicyLearner
+from vlm_rl.learner.grpo_loop import LoopSinks, LoopState, grpo_train, state_dict
+from vlm_rl.learner.policy import build_policy
+from vlm_rl.learner.sampler import PromptSampler
+from vlm_rl.learner.sft_targets import SFTTargets
+
+
+def _device() -> str:
+    if torch.cuda.is_available():
+        import ray.train.torch
+
+        return str(ray.train.torch.get_device())
+    return "cpu"
+
+
+def train_grpo_worker(cfg: dict) -> None:
+    """Entry point of every learner rank (``TorchTrainer(train_loop_per_worker=...)``)."""
+    import ray.train
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    config = GRPOConfig(**cfg["config"])
+    rollout = cfg["rollout_pool"]
+    labels: list[str] = cfg["labels"]
+    output_dir = Path(config.output_dir)
+    comm = Comm()
+
+    model, processor, family = build_policy(config, device=_device())
+    per_rank = config.prompts_per_step // comm.world_size * config.num_generations
+    micro = cfg.get("micro_batch_size") or per_rank
+    engine = build_engine(model, config, micro_batch=micro, accumulation=max(1, -(-per_rank // micro)))
+    learner = PolicyLearner(engine, processor, family, config, labels, micro_batch_size=micro)
+    samples = load_jsonl(config.train_data, on_error="skip").samples
+    sampler = PromptSampler(samples, seed=config.seed)
+
+    # Resume: an explicit --resume, or (after a worker failure, when Ray Train restarts us) the newest one.
+    state = LoopState()
+    resume = config.resume or ("auto" if cfg.get("auto_resume", True) else None)
+    checkpoint = resolve_resume(resume, output_dir)
+    if checkpoint is not None:
+        saved = load_checkpoint(engine, checkpoint)
+        state = LoopState(**saved["loop"])
+
+    sinks = LoopSinks()
+    run_sinks = None
+    if comm.rank == 0:
+        from vlm_rl.learner.run_sinks import RunSinks
+
+        run_sinks = RunSinks(config, cfg, family, rollout, resumed_run_id=(saved["run_id"] if checkpoint else None))
+        sinks = run_sinks.loop_sinks()
+
+    def save(loop_state: LoopState) -> None:
+        weights = learner.export_weights()
+        payload = {"loop": state_dict(loop_state), "config": config.model_dump(mode="json"),
+                   "run_id": run_sinks.run_id if run_sinks else None}
+        payload = comm.broadcast(payload)
+        path = save_checkpoint(engine, output_dir, loop_state.samples, payload, weights,
+                               adapter_config=learner.adapter_config(), keep=config.keep_checkpoints)
+        if run_sinks:
+            run_sinks.on_checkpoint(path, loop_state)
+
+    sinks.checkpoint = save
+    sft = SFTTargets(processor, family, config.max_image_size) if config.sft_warmup_steps else None
+    try:
+        final = grpo_train(config, learner=learner, rollout=rollout, sampler=sampler, comm=comm, state=state,
+                           sinks=sinks, sft_targets=sft)
+    except BaseException:
+        if run_sinks:
+            run_sinks.finish(status="FAILED")
+        raise
+    if comm.rank == 0:
+        summary = run_sinks.finish(final)
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    else:
+        ray.train.report({})

@@ -12,7 +12,7 @@ from vlm_rl.rewards.detection import combined_reward, detection_reward, format_r
 from vlm_rl.rewards.matching import box_iou
 from vlm_rl.rewards.parse import parse_detections, parse_report
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 LABELS = st.sampled_from(["stop_sign", "yield_sign", "traffic_light"])
 COORD = st.floats(min_value=0, max_value=1000, allow_nan=False)

@@ -17,7 +17,12 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from vlm_rl.tracking.history import load_local_run, read_metrics_jsonl
-from vlm_rl.tracking.mlflow_logger import MAX_PARAM_LENGTH, RunTracker, TrackingUnavailableWarning, flatten_params
+from vlm_rl.tracking.mlflow_logger import (
+    MAX_PARAM_LENGTH,
+    RunTracker,
+    TrackingUnavailableWarning,
+    flatten_params,
+)
 
 
 def test_flatten_params_nests_and_truncates():

@@ -34,8 +34,12 @@ class RunSinks:
         self.last_checkpoint: str | None = None
         self.started = time.time()
         name = cfg.get("run_name") or config.run_name or f"grpo-{Path(config.model_path).name}-g{config.num_generations}"
+        uri = config.resolved_tracking_uri
+        artifacts = None
+        if uri.startswith("sqlite:///"):  # artifacts beside the store, so every run of it finds them
+            artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
         self.tracker = RunTracker(
-            config.resolved_tracking_uri, config.experiment_name, run_name=name,
+            uri, config.experiment_name, run_name=name, artifact_location=artifacts,
             local_dir=str(self.output_dir), parent_run_id=cfg.get("parent_run_id"), run_id=resumed_run_id,
             tags={"vlm_rl.algorithm": "grpo", "vlm_rl.model_family": family},
         )

@@ -1,0 +1,115 @@
+"""The analytic GRPO time/memory model: sanity of its directions, calibration, advice ranking."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlm_rl.config import GRPOConfig
+from vlm_rl.tracking.estimator import (
+    HARDWARE,
+    KNOWN_MODELS,
+    calibrate,
+    canonical_phase,
+    estimate,
+    image_tokens,
+    model_spec,
+)
+
+BASE = dict(model_path="Qwen/Qwen3-VL-2B-Instruct", max_image_size=512, num_generations=4, prompts_per_step=8,
+            max_new_tokens=256, lora_r=64, num_learners=1)
+
+
+def cfg(**kw) -> GRPOConfig:
+    return GRPOConfig(**{**BASE, **kw})
+
+
+def test_model_names_are_recognised():
+    assert model_spec("Qwen/Qwen3-VL-8B-Instruct") is KNOWN_MODELS["qwen3-vl-8b"]
+    assert model_spec("Qwen/Qwen3-VL-32B-Instruct") is KNOWN_MODELS["qwen3-vl-32b"]  # not "2b"
+    assert model_spec("Qwen/Qwen2.5-VL-72B-Instruct") is KNOWN_MODELS["qwen2.5-vl-72b"]  # not "2b"
+    assert model_spec("qwen2.5-vl-7b").image_factor == 28
+    assert model_spec("tiny-qwen2.5-vl") is KNOWN_MODELS["tiny-qwen2.5-vl"]
+    with pytest.raises(ValueError, match="model_path: cannot size 'my-model'"):
+        model_spec("my-model")
+
+
+def test_model_spec_from_config_json_counts_meta_parameters(tmp_path):
+    from transformers import Qwen3VLConfig
+
+    config = Qwen3VLConfig(
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=16, vocab_size=1000,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 2, 2],
+                                          "mrope_interleaved": True}),
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64,
+                           num_position_embeddings=256, deepstack_visual_indexes=[1]),
+        tie_word_embeddings=True,
+    )
+    config.save_pretrained(tmp_path)
+    spec = model_spec(str(tmp_path))
+    assert (spec.hidden, spec.layers, spec.kv_heads, spec.head_dim, spec.vocab) == (64, 2, 2, 16, 1000)
+    assert spec.image_factor == 32
+    # 1000x64 tied embeddings + 2 decoder layers + a 2-layer vision tower: between 0.1 M and 1 M
+    assert 1e5 < spec.params < 1e6
+
+
+def test_image_tokens():
+    assert image_tokens(448, 32) == 196
+    assert image_tokens(448, 28) == 256
+
+
+def test_more_generations_take_longer():
+    times = [estimate(cfg(num_generations=g, rollout_batch_size=16), 1000).seconds_per_step for g in (2, 4, 8, 16)]
+    assert times == sorted(times) and len(set(times)) == 4
+
+
+def test_more_samples_scale_total_time():
+    one, two = estimate(cfg(), 800), estimate(cfg(), 1600)
+    assert one.steps == 100 and two.total_seconds == pytest.approx(2 * one.total_seconds)
+
+
+def test_lora_uses_less_memory_than_full():
+    lora, full = estimate(cfg(lora_r=16), 100), estimate(cfg(lora_r=0), 100)
+    assert lora.peak_memory_gb < full.peak_memory_gb
+    assert lora.memory["optimizer"] < 0.1 * full.memory["optimizer"]
+
+
+def test_zero3_on_8_gpus_beats_zero2_on_1_per_gpu():
+    z2 = estimate(cfg(lora_r=0, zero_stage=2, num_learners=1), 100)
+    z3 = estimate(cfg(lora_r=0, zero_stage=3, num_learners=8), 100)
+    assert z3.memory["weights"] == pytest.approx(z2.memory["weights"] / 8)
+    assert z3.peak_memory_gb < z2.peak_memory_gb
+
+
+def test_gradient_checkpointing_trades_time_for_memory():
+    on, off = estimate(cfg(), 100), estimate(cfg(disable_gradient_checkpointing=True), 100)
+    assert on.phases["training"] > off.phases["training"] and on.peak_memory_gb < off.peak_memory_gb
+
+
+def test_faster_hardware_is_faster_and_full_8b_overflows_l4():
+    assert estimate(cfg(), 100, "h200").seconds_per_step < estimate(cfg(), 100, "a100").seconds_per_step
+    big = estimate(cfg(model_path="Qwen/Qwen3-VL-8B-Instruct", lora_r=0), 100, "l4")
+    assert not big.fits and big.peak_memory_gb > HARDWARE["l4"].memory_gb
+    with pytest.raises(ValueError, match="hardware: unknown 'tpu'"):
+        estimate(cfg(), 100, "tpu")
+
+
+def test_eval_steps_add_an_evaluation_phase():
+    assert "evaluation" not in estimate(cfg(), 100).phases
+    every5, every20 = estimate(cfg(eval_steps=5), 100).phases, estimate(cfg(eval_steps=20), 100).phases
+    assert every5["evaluation"] == pytest.approx(4 * every20["evaluation"])
+
+
+def test_calibration_reproduces_measured_phases_exactly():
+    config = cfg()
+    measured = {"rollout": 12.5, "policy_training": 7.25, "weight_sync": 0.4, "rewards": 0.3}
+    assert [canonical_phase(k) for k in measured] == ["generation", "training", "sync", None]
+    cal = calibrate(measured, config, "h100")
+    result = estimate(config, 800, "h100", calibration=cal)
+    assert result.phases == pytest.approx({"generation": 12.5, "training": 7.25, "sync": 0.4, "rewards": 0.3})
+    assert result.seconds_per_step == pytest.approx(20.45)
+    assert result.total_seconds == pytest.approx(20.45 * 100)
+    # the factors carry over to a changed config in proportion to the model
+    doubled = estimate(cfg(prompts_per_step=16), 800, "h100", calibration=cal)
+    assert doubled.phases["training"] == pytest.approx(2 * 7.25)

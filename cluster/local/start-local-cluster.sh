@@ -77,6 +77,11 @@ setsid -w ray start --head \
   "${RAY_ARGS[@]+"${RAY_ARGS[@]}"}" > "$STATE_DIR/ray-start.log" 2>&1 \
   || { cat "$STATE_DIR/ray-start.log" >&2; bash "$(dirname "$0")/stop-local-cluster.sh" >/dev/null 2>&1 || true; exit 1; }
 
+# setsid made the Ray daemons a session of their own; remember its id so the stop script can end
+# exactly them (the Ray client server, for one, carries no temp-dir on its command line).
+first_pid="$(pgrep -f -- "$RAY_TMP" | head -n 1 || true)"
+if [[ -n "$first_pid" ]]; then ps -o sid= -p "$first_pid" | tr -d ' ' > "$STATE_DIR/ray.sid"; fi
+
 if [[ "$START_MLFLOW" == 1 ]]; then
   # MLflow takes a few seconds to answer; wait so that the printed URL works right away.
   if ! "$PYTHON" - "$MLFLOW_URL/health" <<'PY'

@@ -34,9 +34,22 @@ if [[ -s "$STATE_DIR/mlflow.pid" ]]; then
   rm -f "$STATE_DIR/mlflow.pid"
 fi
 
+found=0
+# The Ray daemons form one session (start-local-cluster.sh ran `setsid ray start`): end it whole,
+# unless the recorded id is missing, stale or our own session.
+if [[ -s "$STATE_DIR/ray.sid" ]]; then
+  sid="$(cat "$STATE_DIR/ray.sid")"
+  own_sid="$(ps -o sid= -p $$ | tr -d ' ')"
+  if [[ "$sid" =~ ^[0-9]+$ && "$sid" -gt 1 && "$sid" != "$own_sid" ]] \
+     && pgrep -s "$sid" -f -- "$RAY_TMP" >/dev/null 2>&1; then
+    terminate "$(pgrep -s "$sid" | tr '\n' ' ')" 15
+    found=1
+  fi
+  rm -f "$STATE_DIR/ray.sid"
+fi
+
 # Ray's daemons all carry the session folder (or --temp-dir) on their command line; workers die with
 # their raylet. Two passes: the first ends the daemons, the second any worker that outlived them.
-found=0
 for _ in 1 2; do
   pids="$(pgrep -f -- "$RAY_TMP" | grep -vx "$$" | tr '\n' ' ')"
   [[ -z "${pids// /}" ]] && break

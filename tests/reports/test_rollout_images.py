@@ -1,0 +1,54 @@
+"""Rollout pictures: colours where the boxes are, matching by IoU and label, grid layout."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from vlm_rl.data.schema import DetObject
+from vlm_rl.reports.rollout_images import (
+    GT_COLOR,
+    MATCH_COLOR,
+    MISS_COLOR,
+    draw_detections,
+    match_boxes,
+    rollout_grid,
+)
+
+
+def test_match_boxes_requires_iou_and_label():
+    gt = [("stop_sign", (0, 0, 10, 10)), ("traffic_light", (50, 50, 60, 70))]
+    pred = [("stop_sign", (1, 1, 10, 10)), ("stop_sign", (50, 50, 60, 70)), ("stop_sign", (0, 0, 10, 10))]
+    matched = match_boxes(gt, pred)
+    assert matched == {2: (0, 1.0)}  # the exact box wins; the wrong-label box never matches
+
+
+def test_draw_detections_colours_and_caption():
+    image = Image.new("RGB", (200, 120), (128, 128, 128))
+    gt = [DetObject("stop_sign", (20.0, 20.0, 80.0, 80.0))]
+    pred = [{"label": "stop_sign", "bbox_2d": [22, 22, 80, 80]}, ("yield_sign", (120, 30, 180, 100))]
+    out = draw_detections(image, gt, pred, title="step 5 / sample 3", reward={"total": 0.8, "format": 1.0})
+    assert out.width == 200 and out.height > 120  # caption strip below
+    # box edges: matched prediction (orange) on its left edge mid-height, wrong one (red), GT (green) bottom
+    assert out.getpixel((22, 50)) == MATCH_COLOR
+    assert out.getpixel((180, 60)) == MISS_COLOR
+    assert out.getpixel((50, 20)) in (GT_COLOR, MATCH_COLOR)
+    assert out.getpixel((60, 80)) in (GT_COLOR, MATCH_COLOR)
+    assert out.getpixel((100, 60)) == (128, 128, 128)  # untouched background
+    assert image.getpixel((22, 50)) == (128, 128, 128)  # input not modified
+
+
+def test_bad_box_names_the_field():
+    with pytest.raises(ValueError, match="bbox_2d"):
+        draw_detections(Image.new("RGB", (10, 10)), [{"label": "a", "bbox_2d": [1, 2, 3]}], [])
+
+
+def test_rollout_grid_layout():
+    items = [Image.new("RGB", (30, 20), (255, 0, 0)), Image.new("RGB", (40, 25), (0, 0, 255))] * 3
+    grid = rollout_grid(items, columns=4, pad=2)
+    assert grid.size == (4 * 40 + 5 * 2, 2 * 25 + 3 * 2)
+    assert grid.getpixel((2, 2)) == (255, 0, 0)
+    assert grid.getpixel((2 + 40 + 2, 2)) == (0, 0, 255)
+    assert grid.getpixel((2, 2 + 25 + 2)) == (255, 0, 0)  # second row starts with item 4
+    with pytest.raises(ValueError):
+        rollout_grid([])

@@ -1,0 +1,45 @@
+"""`vlm-rl advise`: which knob buys the most speed, each estimated by re-running the time model."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from vlm_rl.commands._common import add_config_arguments, config_from_args
+from vlm_rl.config import GRPOConfig
+from vlm_rl.tracking.estimator import HARDWARE, advise, estimate
+
+NAME = "advise"
+HELP = "rank config changes that would make GRPO faster, with their estimated speedup"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--hardware", default="h100", help=f"one of {', '.join(HARDWARE)} (default h100)")
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    config = config_from_args(GRPOConfig, args)
+    try:
+        base = estimate(config, 1000, args.hardware)
+        advice = advise(config, args.hardware)
+    except ValueError as exc:
+        console.print(f"[red]vlm-rl advise: {exc}[/red]")
+        return 2
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in base.phases.items())
+    console.print(f"now: {base.seconds_per_step:.1f} s per step ({phases}), {base.peak_memory_gb:.1f} GB per GPU")
+    if not advice:
+        console.print("no single change is estimated to speed this config up by more than 1%")
+        return 0
+    table = Table(title=f"Speed advice on {base.hardware}")
+    table.add_column("#", justify="right")
+    table.add_column("change")
+    table.add_column("speedup", justify="right")
+    table.add_column("detail")
+    for rank, item in enumerate(advice, start=1):
+        table.add_row(str(rank), item.title, f"{item.estimated_speedup:.2f}x", item.detail)
+    console.print(table)
+    return 0

@@ -1,0 +1,96 @@
+"""`vlm-rl estimate`: time and per-GPU memory of a GRPO run before booking the cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from vlm_rl.commands._common import add_config_arguments, config_from_args
+from vlm_rl.config import GRPOConfig
+from vlm_rl.tracking.estimator import HARDWARE, Calibration, Estimate, calibrate, estimate
+
+NAME = "estimate"
+HELP = "estimate GRPO time per step, total time and peak GPU memory for a config and hardware"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--samples", type=int, default=1000, help="training prompts to process (default 1000)")
+    parser.add_argument("--hardware", default="h100", help=f"one of {', '.join(HARDWARE)} (default h100)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="run a few real GRPO steps here first and scale the model to the measured phases")
+    parser.add_argument("--calibration-steps", type=int, default=2)
+    parser.add_argument("--output", help="also write the estimate as JSON to this file")
+
+
+def measure_calibration(
+    config: GRPOConfig, steps: int, hardware: str, console: Console
+) -> tuple[Calibration | None, dict]:
+    """Run ``run_grpo`` for ``steps`` steps; (calibration, raw result), or (None, {reason}) on failure."""
+    try:
+        from vlm_rl.learner.grpo_job import run_grpo
+    except ImportError as exc:
+        return None, {"error": f"vlm_rl.learner.grpo_job unavailable: {exc}"}
+    short = GRPOConfig.model_validate(
+        {**config.model_dump(), "num_steps": steps, "output_dir": str(Path(config.output_dir) / "estimate-calibration"),
+         "eval_steps": 0, "save_every_samples": 0, "log_images_every": 0}
+    )
+    console.print(f"calibrating: {steps} real GRPO steps of {config.model_path} on this machine ...")
+    try:
+        result = run_grpo(short)
+        phases = {str(k): float(v) for k, v in (result.get("phase_times") or {}).items()}
+    except Exception as exc:  # a failed measurement must not hide the analytic estimate
+        return None, {"error": f"calibration run failed: {type(exc).__name__}: {exc}"}
+    if not phases:
+        return None, {"error": "calibration run returned no phase_times"}
+    return calibrate(phases, config, hardware), {"phase_times": phases,
+                                                  "samples_per_hour": result.get("samples_per_hour")}
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def render(result: Estimate, samples: int, console: Console) -> None:
+    table = Table(title=f"GRPO estimate: {samples} prompts on {result.hardware}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("total time", _hours(result.total_seconds))
+    table.add_row("steps", str(result.steps))
+    table.add_row("seconds per step", f"{result.seconds_per_step:.2f}")
+    for phase, seconds in result.phases.items():
+        share = seconds / result.seconds_per_step if result.seconds_per_step else 0.0
+        table.add_row(f"  {phase}", f"{seconds:.2f} s ({share:.0%})")
+    fit = "[green]fits[/green]" if result.fits else "[red]does NOT fit[/red]"
+    table.add_row("peak memory per GPU", f"{result.peak_memory_gb:.1f} GB ({fit})")
+    for part, gb in result.memory.items():
+        table.add_row(f"  {part}", f"{gb:.2f} GB")
+    console.print(table)
+    for line in result.assumptions:
+        console.print(f"  [dim]- {line}[/dim]")
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    config = config_from_args(GRPOConfig, args)
+    calibration, measured = None, {}
+    if args.calibrate:
+        calibration, measured = measure_calibration(config, args.calibration_steps, args.hardware, console)
+        if calibration is None:
+            console.print(f"[yellow]{measured['error']}; using the documented analytic model[/yellow]")
+    try:
+        result = estimate(config, args.samples, args.hardware, calibration)
+    except ValueError as exc:
+        console.print(f"[red]vlm-rl estimate: {exc}[/red]")
+        return 2
+    render(result, args.samples, console)
+    if args.output:
+        payload = {**result.to_dict(), "samples": args.samples, "calibration": measured or None}
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(payload, indent=2))
+        console.print(f"wrote {args.output}")
+    return 0

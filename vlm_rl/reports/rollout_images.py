@@ -1,0 +1,142 @@
+"""Rollouts drawn as boxes on their images, so a reward curve can be checked by eye in MLflow.
+
+Ground truth is green; a prediction matched to a ground-truth box (IoU ≥ threshold, same label) is
+orange with its IoU, an unmatched prediction red. A caption strip under the image carries the title,
+the reward and a legend. Boxes are expected in pixels of the image passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+GT_COLOR = (40, 200, 60)
+MATCH_COLOR = (255, 150, 0)
+MISS_COLOR = (230, 30, 30)
+CAPTION_BG = (25, 25, 25)
+
+
+def _box(obj: Any) -> tuple[str, tuple[float, float, float, float]]:
+    """(label, bbox) from a DetObject, a {"label", "bbox_2d"} dict or a (label, bbox) pair."""
+    if isinstance(obj, Mapping):
+        label, bbox = obj.get("label", "?"), obj.get("bbox_2d")
+    elif isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str):
+        label, bbox = obj
+    else:
+        label, bbox = getattr(obj, "label", "?"), getattr(obj, "bbox_2d", None)
+    if bbox is None or len(bbox) != 4:
+        raise ValueError(f"bbox_2d: expected [x1, y1, x2, y2], got {bbox!r} in {obj!r}")
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    return str(label), (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_boxes(
+    gt: Sequence[tuple[str, Sequence[float]]], pred: Sequence[tuple[str, Sequence[float]]], iou_threshold: float = 0.5
+) -> dict[int, tuple[int, float]]:
+    """Greedy one-to-one matching by IoU (labels must agree): ``{pred_index: (gt_index, iou)}``."""
+    pairs = sorted(
+        ((_iou(p[1], g[1]), pi, gi) for pi, p in enumerate(pred) for gi, g in enumerate(gt) if p[0] == g[0]),
+        reverse=True,
+    )
+    matched: dict[int, tuple[int, float]] = {}
+    used_gt: set[int] = set()
+    for iou, pi, gi in pairs:
+        if iou < iou_threshold:
+            break
+        if pi not in matched and gi not in used_gt:
+            matched[pi] = (gi, iou)
+            used_gt.add(gi)
+    return matched
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _format_reward(reward: float | Mapping[str, float] | None) -> str:
+    if reward is None:
+        return ""
+    if isinstance(reward, Mapping):
+        return "reward " + " ".join(f"{k}={float(v):.2f}" for k, v in reward.items())
+    return f"reward {float(reward):.3f}"
+
+
+def draw_detections(
+    image: Image.Image,
+    gt_objects: Sequence[Any],
+    pred_objects: Sequence[Any],
+    title: str | None = None,
+    *,
+    reward: float | Mapping[str, float] | None = None,
+    iou_threshold: float = 0.5,
+) -> Image.Image:
+    """A new RGB image: boxes drawn on ``image`` plus a caption strip (title, reward, legend)."""
+    gt = [_box(o) for o in gt_objects]
+    pred = [_box(o) for o in pred_objects]
+    matched = match_boxes(gt, pred, iou_threshold)
+    base = image.convert("RGB")
+    width, height = base.size
+    font_size = max(10, min(16, width // 28))
+    font = _font(font_size)
+    line_height = font_size + 4
+    caption_lines = [t for t in (title, _format_reward(reward)) if t] + [
+        f"GT {len(gt)} (green)  matched {len(matched)} (orange)  wrong {len(pred) - len(matched)} (red)"
+    ]
+    canvas = Image.new("RGB", (width, height + line_height * len(caption_lines) + 4), CAPTION_BG)
+    canvas.paste(base, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    stroke = max(1, width // 200)
+
+    def label_at(x: float, y: float, text: str, color: tuple[int, int, int]) -> None:
+        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+        ty = y - (bottom - top) - 2 if y - (bottom - top) - 2 >= 0 else y + 1
+        left, top, right, bottom = draw.textbbox((x, ty), text, font=font)
+        draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=color)
+        draw.text((x, ty), text, fill=(0, 0, 0), font=font)
+
+    for label, box in gt:
+        draw.rectangle(box, outline=GT_COLOR, width=stroke)
+        label_at(box[0], box[3] + 1 if box[3] + line_height < height else box[1], label, GT_COLOR)
+    for index, (label, box) in enumerate(pred):
+        if index in matched:
+            color, text = MATCH_COLOR, f"{label} IoU {matched[index][1]:.2f}"
+        else:
+            color, text = MISS_COLOR, f"{label} (no match)"
+        draw.rectangle(box, outline=color, width=stroke + 1)
+        label_at(box[0], box[1], text, color)
+
+    y = height + 2
+    for line in caption_lines:
+        draw.text((4, y), line, fill=(235, 235, 235), font=font)
+        y += line_height
+    return canvas
+
+
+def rollout_grid(items: Sequence[Image.Image], columns: int = 4, pad: int = 4) -> Image.Image:
+    """Tile a step's rollout pictures into one image (cells sized to the largest, white background)."""
+    if not items:
+        raise ValueError("rollout_grid: no images")
+    if columns < 1:
+        raise ValueError(f"columns: must be >= 1, got {columns}")
+    columns = min(columns, len(items))
+    rows = -(-len(items) // columns)
+    cell_w = max(im.width for im in items)
+    cell_h = max(im.height for im in items)
+    grid = Image.new("RGB", (columns * cell_w + (columns + 1) * pad, rows * cell_h + (rows + 1) * pad), "white")
+    for index, im in enumerate(items):
+        r, c = divmod(index, columns)
+        grid.paste(im.convert("RGB"), (pad + c * (cell_w + pad), pad + r * (cell_h + pad)))
+    return grid

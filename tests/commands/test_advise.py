@@ -1,0 +1,21 @@
+"""`vlm-rl advise` through the CLI."""
+
+from __future__ import annotations
+
+import re
+
+from vlm_rl.cli import main
+
+
+def test_advise_prints_ranked_speedups(capsys):
+    rc = main(["advise", "model_path=Qwen/Qwen3-VL-8B-Instruct", "num_generations=8", "eval_steps=5",
+               "num_learners=1", "--hardware", "h100"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    speedups = [float(x) for x in re.findall(r"│\s+(\d+\.\d\d)x\s+│", out)]
+    assert len(speedups) >= 4 and speedups == sorted(speedups, reverse=True)
+    assert "NUM_GENERATIONS 8 → 4" in out
+
+
+def test_advise_bad_hardware(capsys):
+    assert main(["advise", "--hardware", "tpu"]) == 2

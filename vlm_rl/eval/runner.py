@@ -55,13 +55,19 @@ def instruction_for(samples: Sequence[Sample], labels: Sequence[str] | None = No
     return detection_instruction(list(labels) if labels else dataset_labels(samples))
 
 
-def load_for_eval(model_path: str | os.PathLike) -> tuple[Any, Any, str]:
+def load_for_eval(model_path: str | os.PathLike, device: str | None = None) -> tuple[Any, Any, str]:
     """(model in eval mode, processor, family) for a model dir, a TINY_MODELS name or a LoRA adapter dir.
 
     An adapter dir (``adapter_config.json``) is loaded onto its base model and merged, so generation runs
     at full speed; its processor is taken from the adapter dir when saved there, else from the base.
+    ``device`` None = CUDA in bfloat16 when available, else CPU in float32.
     """
+    import torch
+
     from vlm_rl.models.loading import load_model, load_processor, model_family, resolve_model_path
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    placement = {"device": device, "dtype": torch.bfloat16 if str(device).startswith("cuda") else torch.float32}
 
     path = Path(model_path)
     adapter_config = path / "adapter_config.json"
@@ -72,12 +78,12 @@ def load_for_eval(model_path: str | os.PathLike) -> tuple[Any, Any, str]:
         if not base_name:
             raise ValueError(f"{adapter_config}: base_model_name_or_path: missing, cannot find the base model")
         base_path = resolve_model_path(base_name)
-        model = PeftModel.from_pretrained(load_model(base_path), str(path)).merge_and_unload()
+        model = PeftModel.from_pretrained(load_model(base_path, **placement), str(path)).merge_and_unload()
         has_processor = any((path / f).is_file() for f in ("preprocessor_config.json", "processor_config.json"))
         processor = load_processor(path if has_processor else base_path)
     else:
         resolved = resolve_model_path(model_path)
-        model, processor = load_model(resolved), load_processor(resolved)
+        model, processor = load_model(resolved, **placement), load_processor(resolved)
     return model.eval(), processor, model_family(model.config)
 
 
@@ -157,7 +163,7 @@ def run_evaluation(
     gts = [ground_truth_in_model_coords(s, max_image_size, family) for s in samples]
     parsed = [parse_detections(a) for a in answers]
     metrics = evaluate_detections(parsed, gts)
-    metrics.update({"model_path": str(model_path), "model_family": family, "max_image_size": max_image_size})
+    metrics.update({"model_path": str(model_path), "model_family": family})
     records = [
         {"id": s.id, "image": s.image, "answer": a, "parsed": p, "gt": g}
         for s, a, p, g in zip(samples, answers, parsed, gts)

@@ -81,7 +81,7 @@ def _start_server(store: Path, port: int, cwd: Path) -> subprocess.Popen:
          "--port", str(port), "--workers", "1"],
         cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # slow on a loaded 2-core CI box
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
@@ -90,16 +90,13 @@ def _start_server(store: Path, port: int, cwd: Path) -> subprocess.Popen:
         except OSError:
             time.sleep(0.3)
     _stop_server(proc)
-    raise RuntimeError("mlflow server did not come up in 60 s")
+    raise RuntimeError("mlflow server did not come up in 180 s")
 
 
 def _stop_server(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    """Kill the server's process group at once: an outage, not a shutdown."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 def test_outage_keeps_training_and_backfills(tmp_path):
@@ -121,7 +118,7 @@ def test_outage_keeps_training_and_backfills(tmp_path):
             started = time.monotonic()
             tracker.log_metrics({"loss": float(step)}, step=step)
             tracker.log_params({f"p{step}": step})
-            assert time.monotonic() - started < 3.0
+            assert time.monotonic() - started < 5.0  # no minutes of HTTP retries
     assert sum(issubclass(w.category, TrackingUnavailableWarning) for w in caught) == 1
     assert not tracker.healthy
     assert read_metrics_jsonl(tmp_path / "run" / "metrics.jsonl")["loss"] == [(s, float(s)) for s in range(8)]
@@ -130,6 +127,10 @@ def test_outage_keeps_training_and_backfills(tmp_path):
     try:
         time.sleep(0.6)  # past retry_seconds
         tracker.log_metrics({"loss": 8.0}, step=8)
+        deadline = time.monotonic() + 30  # the first request after a restart may still be refused
+        while not tracker.healthy and time.monotonic() < deadline:
+            time.sleep(0.5)
+            tracker.flush()
         assert tracker.healthy
         tracker.finish()
         client = MlflowClient(uri)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -45,9 +46,14 @@ def test_answer_text_is_compact_deterministic_and_parses():
     assert answer_text([]) == "[]"
 
 
+@functools.lru_cache(maxsize=2)
+def _loaded(path):
+    return load_model(path), load_processor(path)
+
+
 @pytest.fixture(scope="module")
 def qwen3(tiny_model_dir):
-    return load_model(tiny_model_dir), load_processor(tiny_model_dir)
+    return _loaded(tiny_model_dir)
 
 
 def _images():
@@ -71,7 +77,7 @@ def test_encode_prompts_left_pads(qwen3):
 def test_policy_inputs_match_unpadded_single_rows(request, family):
     """Logits at completion positions of the padded batch equal those of each row alone, unpadded."""
     path = request.getfixturevalue("tiny_model_dir" if family == "qwen3_vl" else "tiny_qwen25_dir")
-    model, processor = load_model(path), load_processor(path)
+    model, processor = _loaded(path)
     side = 32 if family == "qwen3_vl" else 28
     images = [Image.new("RGB", (3 * side, 2 * side), (220, 20, 20)), Image.new("RGB", (side, side), (20, 20, 220))]
     instructions = ["Find.", "Find every traffic sign and traffic light in this picture, please."]

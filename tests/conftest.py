@@ -37,27 +37,63 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _kill_session(sid: int) -> None:
+    """Stop every process of one `ray start --block` session, and only those (never `ray stop`,
+    which would take down every Ray cluster on the machine)."""
+    import signal
+    import time
+
+    def members() -> list[int]:
+        out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split()
+        return [int(p) for p, s in zip(out[::2], out[1::2]) if int(s) == sid]
+
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for pid in members():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait
+        while members() and time.time() < deadline:
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real head node started with `ray start`; yields {address, dashboard_url}. Connected via ray.init."""
+    """A real head node started with `ray start --head --block`; yields {address, dashboard_url}.
+
+    The test process is connected with ``ray.init(address=...)``; `ray job submit` tests use the dashboard.
+    """
+    import time
+
     import ray
 
     port, dash = free_port(), free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
-    temp_dir = os.environ["RAY_TMPDIR"]
     cmd = [
-        ray_bin, "start", "--head", f"--port={port}", "--num-cpus=8", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+        ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=8", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}", f"--temp-dir={os.environ['RAY_TMPDIR']}", "--disable-usage-stats",
         "--include-dashboard=true",
     ]
-    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    log = open(_TMP / "ray-start.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
     address = f"127.0.0.1:{port}"
-    ray.init(address=address, logging_level="WARNING")
+    deadline = time.time() + 120
+    while True:
+        try:
+            ray.init(address=address, logging_level="WARNING")
+            break
+        except Exception:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray start failed: {(_TMP / 'ray-start.log').read_text()[-2000:]}") from None
+            time.sleep(1.0)
     try:
         yield {"address": address, "dashboard_url": f"http://127.0.0.1:{dash}"}
     finally:
         ray.shutdown()
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
+        _kill_session(proc.pid)
+        log.close()
 
 
 @pytest.fixture(scope="session")

@@ -43,14 +43,27 @@ def reference_context(model, lora: bool):
 
 
 def model_inputs(batch: dict) -> dict:
-    keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+    keys = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
     return {k: batch[k] for k in keys if k in batch}
 
 
 def completion_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probs of the completion tokens, [N, C]; logits only for the completion span are computed."""
+    """Log-probs of the completion tokens, [N, C].
+
+    Runs the decoder for hidden states and turns only the completion span into log-probs chunk by chunk
+    (``chunked_token_logprobs``), so no [N, C, vocab] logits tensor exists in either pass. Falls back to
+    sliced logits when the lm_head weight is sharded (ZeRO-3) or the model has no separate lm_head.
+    """
     completion_ids = batch["input_ids"][:, batch["prompt_length"] :]
     width = completion_ids.shape[1]
+    lm = _causal_lm(model)
+    head = getattr(lm, "lm_head", None)
+    if head is not None and hasattr(lm, "model") and not hasattr(head.weight, "ds_id"):
+        from vlm_rl.algos.logprobs import chunked_token_logprobs
+
+        hidden = lm.model(**model_inputs(batch), use_cache=False).last_hidden_state
+        return chunked_token_logprobs(hidden[:, -(width + 1) : -1], head.weight, completion_ids,
+                                      temperature=temperature)
     out = model(**model_inputs(batch), logits_to_keep=width + 1, use_cache=False)
     logits = out.logits[:, :-1, :]
     if temperature != 1.0:
@@ -58,6 +71,12 @@ def completion_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.T
     from vlm_rl.algos.logprobs import selective_log_softmax
 
     return selective_log_softmax(logits, completion_ids)
+
+
+def _causal_lm(model):
+    """The ``...ForConditionalGeneration`` inside a DeepSpeed engine and/or a PEFT wrapper."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def trainable_named_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:

@@ -107,8 +107,7 @@ class RunSinks:
         return rollout_grid(pictures, columns=self.config.num_generations)
 
     def evaluate(self, step: int) -> dict:
-        result = self.rollout.evaluate(self.config.val_data, step)
-        return {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+        return self.rollout.evaluate(self.config.val_data)
 
     def progress(self, step: int, metrics: dict) -> None:
         print(
@@ -152,7 +151,14 @@ class RunSinks:
         try:
             from vlm_rl.reports.curves import plot_training_curves
 
-            self.tracker.log_figure(plot_training_curves(history), "plots/training_curves.png")
+            curves: dict[str, list[tuple[int, float]]] = {}
+            for row in history:
+                for key, value in row.items():
+                    if key != "step" and isinstance(value, (int, float)):
+                        curves.setdefault(key, []).append((row["step"], float(value)))
+            keep = ("reward/total", "reward/format", "reward/detection", "loss", "kl", "samples_per_hour")
+            figure = plot_training_curves({k: v for k, v in curves.items() if k in keep}, title=self.run_id)
+            self.tracker.log_figure(figure, "plots/training_curves.png")
         except Exception as exc:  # a plot must never fail a finished run
             print(f"[vlm-rl] could not plot curves: {exc}", flush=True)
         self.tracker.log_dict({k: v for k, v in summary.items() if k != "history"}, "summary.json")

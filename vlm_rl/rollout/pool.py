@@ -99,6 +99,10 @@ class RolloutPool:
                     raise
                 time.sleep(1.0)
 
+    def evaluate(self, val_data: str, limit: int | None = None) -> dict[str, float]:
+        """Evaluation runs on a rollout actor: it already holds the newest weights."""
+        return ray.get(self.workers[0].evaluate.remote(val_data, limit))
+
     def get_weights(self, index: int = 0) -> dict:
         return ray.get(self.workers[index].get_weights.remote())
 

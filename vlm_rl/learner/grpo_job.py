@@ -11,32 +11,12 @@ from pathlib import Path
 
 from vlm_rl.config import ConfigError, GRPOConfig
 from vlm_rl.data.schema import load_jsonl
-from vlm_rl.learner.checkpoint import list_checkpoints
-from vlm_rl.models.loading import resolve_model_path
+from vlm_rl.learner.job_common import make_torch_trainer, prepare_output_and_data
 
 
 def prepare_run(config: GRPOConfig) -> tuple[GRPOConfig, list[str]]:
     """Resolve paths, make the synthetic dataset if none is given, build tiny models; no Ray yet."""
-    output_dir = Path(config.output_dir).resolve()
-    if not config.resume and list_checkpoints(output_dir):
-        raise ConfigError(
-            f"output_dir: {output_dir} already holds checkpoints; pass --resume auto to continue that run "
-            "or choose a new output_dir"
-        )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    updates: dict = {"output_dir": str(output_dir)}
-    if config.train_data is None:
-        from vlm_rl.data.synthetic import make_synthetic_dataset
-
-        train, val = make_synthetic_dataset(
-            output_dir / "data", n_train=config.synthetic_train_size, n_val=config.synthetic_val_size,
-            seed=config.seed, max_objects=2,
-        )
-        updates["train_data"] = str(train)
-        if config.val_data is None:
-            updates["val_data"] = str(val)
-    updates["model_path"] = str(resolve_model_path(config.model_path))
-    config = config.model_copy(update=updates)
+    config = prepare_output_and_data(config)
     samples = load_jsonl(config.train_data, labels=config.labels, on_error="raise").samples
     if len(samples) < config.prompts_per_step:
         raise ConfigError(
@@ -81,32 +61,20 @@ def run_grpo(config: GRPOConfig, *, parent_run_id: str | None = None, run_name: 
     ``pool``: an existing rollout pool (kept alive afterwards, e.g. to inspect its weights); else one is
     made for the run and shut down at the end.
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from vlm_rl.learner.train_worker import train_grpo_worker
 
     config, labels = prepare_run(config)
     connect_ray()
-    own_pool = pool is None
+    own_pool = pool is None and config.rollout_mode == "pool"  # colocated: the learner samples itself
     pool = make_rollout_pool(config, labels) if own_pool else pool
-    resources = {"CPU": config.cpus_per_learner}
-    if config.use_gpu:
-        resources["GPU"] = 1
-    trainer = TorchTrainer(
+    trainer = make_torch_trainer(
         train_grpo_worker,
-        train_loop_config={
+        {
             "config": config.model_dump(mode="json"), "rollout_pool": pool, "labels": labels,
             "parent_run_id": parent_run_id, "run_name": run_name or config.run_name,
             "micro_batch_size": config.micro_batch_size,
         },
-        scaling_config=ScalingConfig(num_workers=config.num_learners, use_gpu=config.use_gpu,
-                                     resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
-        run_config=RunConfig(
-            name="grpo", storage_path=storage_path or str(Path(config.output_dir) / "ray_train"),
-            failure_config=FailureConfig(max_failures=config.max_failures),
-        ),
+        config, "grpo", storage_path,
     )
     try:
         trainer.fit()

@@ -1,0 +1,70 @@
+"""Driver-side pieces shared by the GRPO, SFT and DPO jobs: output folder, data, model, Ray Train trainer.
+
+Everything before ``trainer.fit()`` that does not depend on the algorithm lives here, so each job module
+only says what is particular to it (its worker function and its own checks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlm_rl.config import BaseConfig, C, ConfigError
+from vlm_rl.learner.checkpoint import list_checkpoints
+from vlm_rl.models.loading import resolve_model_path
+
+
+def prepare_output_and_data(config: C, *, synthetic: bool = True) -> C:
+    """Absolute output_dir (refusing to overwrite another run's checkpoints), the synthetic dataset when
+    ``train_data`` is None (and ``synthetic``), and a resolved local model path (tiny models built here)."""
+    output_dir = Path(config.output_dir).resolve()
+    if not config.resume and list_checkpoints(output_dir):
+        raise ConfigError(
+            f"output_dir: {output_dir} already holds checkpoints; pass --resume auto to continue that run "
+            "or choose a new output_dir"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    updates: dict = {"output_dir": str(output_dir)}
+    if synthetic and config.train_data is None:
+        from vlm_rl.data.synthetic import make_synthetic_dataset
+
+        train, val = make_synthetic_dataset(
+            output_dir / "data", n_train=config.synthetic_train_size, n_val=config.synthetic_val_size,
+            seed=config.seed, max_objects=2,
+        )
+        updates["train_data"] = str(train)
+        if config.val_data is None:
+            updates["val_data"] = str(val)
+    updates["model_path"] = str(resolve_model_path(config.model_path))
+    return config.model_copy(update=updates)
+
+
+def make_torch_trainer(worker, loop_config: dict, config: BaseConfig, name: str, storage_path: str | None = None):
+    """A TorchTrainer of ``config.num_learners`` ranks (gloo on CPU, NCCL on GPU) restarting on failure."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = {"CPU": config.cpus_per_learner}
+    if config.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=config.num_learners, use_gpu=config.use_gpu,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path or str(Path(config.output_dir) / "ray_train"),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+        ),
+    )
+
+
+def worker_device() -> str:
+    """This Ray Train rank's device ("cpu" without CUDA)."""
+    import torch
+
+    if torch.cuda.is_available():
+        import ray.train.torch
+
+        return str(ray.train.torch.get_device())
+    return "cpu"

@@ -52,6 +52,7 @@ class BaseConfig(BaseModel):
     max_image_size: int = Field(448, ge=32, le=4096, description="longest image side fed to the model, px")
     synthetic_train_size: int = Field(256, ge=1)
     synthetic_val_size: int = Field(32, ge=1)
+    synthetic_max_objects: int = Field(3, ge=0, le=8, description="objects per synthetic image, at most")
 
     # output & tracking
     output_dir: str = "outputs/run"
@@ -127,6 +128,8 @@ class GRPOConfig(BaseConfig):
     eval_steps: int = Field(0, ge=0, description="evaluate every N steps; 0 = off")
     log_images_every: int = Field(5, ge=0, description="draw sample rollouts every N steps; 0 = off")
     sft_warmup_steps: int = Field(0, ge=0, description="supervised steps before GRPO (makes tiny models learnable)")
+    rollout_mode: Literal["pool", "colocated"] = Field(
+        "pool", description="pool = Ray rollout actors; colocated = the learner's own model samples (1 learner)")
 
     @property
     def clip_high(self) -> float:

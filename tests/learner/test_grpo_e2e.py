@@ -19,11 +19,14 @@ from vlm_rl.models.loading import load_model
 
 pytestmark = pytest.mark.slow
 
+# Measured with these settings (seed 0): reward 0.03 over the first 4 steps → 0.20 over the last 4
+# (format 0.06 → 0.47): 50 supervised steps teach the tiny random model the JSON shape only partly,
+# GRPO then makes it reliable. ~3.5 min on 2 cores.
 SETTINGS = dict(
-    model_path="tiny-qwen3-vl", lora_r=0, learning_rate=1e-3, num_learners=2, num_rollout_workers=2,
-    prompts_per_step=4, num_generations=4, num_steps=10, sft_warmup_steps=30, max_new_tokens=40,
+    model_path="tiny-qwen3-vl", lora_r=0, learning_rate=3e-3, num_learners=2, num_rollout_workers=2,
+    prompts_per_step=4, num_generations=4, num_steps=14, sft_warmup_steps=50, max_new_tokens=40,
     max_image_size=96, beta=0.0, zero_stage=2, log_images_every=5, synthetic_train_size=48,
-    synthetic_val_size=8, disable_gradient_checkpointing=True, seed=0,
+    synthetic_val_size=8, synthetic_max_objects=1, disable_gradient_checkpointing=True, seed=0,
 )
 
 

@@ -12,11 +12,13 @@ from vlm_rl.config import GRPOConfig, load_config
 NAME = "demo"
 HELP = "GRPO on synthetic traffic signs with a tiny Qwen3-VL on local Ray (CPU, no downloads, a few minutes)"
 
+#: A random tiny model cannot find the answer format by sampling alone: a short supervised warm-up
+#: teaches it partly, then GRPO makes it reliable (reward ≈0.03 → ≈0.2 in the test with these knobs).
 DEMO_SETTINGS = dict(
-    model_path="tiny-qwen3-vl", lora_r=0, learning_rate=1e-3, num_learners=2, num_rollout_workers=1,
-    prompts_per_step=4, num_generations=4, num_steps=12, sft_warmup_steps=30, max_new_tokens=48,
-    max_image_size=128, beta=0.0, temperature=1.0, zero_stage=2, log_images_every=4,
-    synthetic_train_size=64, synthetic_val_size=16, disable_gradient_checkpointing=True,
+    model_path="tiny-qwen3-vl", lora_r=0, learning_rate=3e-3, num_learners=2, num_rollout_workers=1,
+    prompts_per_step=4, num_generations=4, num_steps=16, sft_warmup_steps=50, max_new_tokens=40,
+    max_image_size=96, beta=0.0, temperature=1.0, zero_stage=2, log_images_every=4, eval_steps=8,
+    synthetic_train_size=64, synthetic_val_size=16, synthetic_max_objects=1, disable_gradient_checkpointing=True,
 )
 
 

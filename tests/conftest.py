@@ -77,7 +77,8 @@ def ray_cluster():
     ]
     log = open(_TMP / "ray-start.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO),
+                                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
     address = f"127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:

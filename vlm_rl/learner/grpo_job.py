@@ -37,14 +37,22 @@ def rollout_worker_kwargs(config: GRPOConfig, labels: list[str]) -> dict:
     )
 
 
-def connect_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a local one."""
+def connect_ray(cpus_needed: float = 1) -> None:
+    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a private local one.
+
+    A laptop has fewer cores than a run has actors; the local cluster advertises enough logical CPUs
+    (they time-share the cores, which is fine for the tiny model).
+    """
     import ray
 
-    if not ray.is_initialized():
-        if not os.environ.get("RAY_ADDRESS"):  # a private local cluster on loopback
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING")
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    num_cpus = max(os.cpu_count() or 1, int(cpus_needed + 0.999))
+    ray.init(address="local", num_cpus=num_cpus, logging_level="WARNING")
 
 
 def make_rollout_pool(config: GRPOConfig, labels: list[str]):
@@ -64,7 +72,7 @@ def run_grpo(config: GRPOConfig, *, parent_run_id: str | None = None, run_name: 
     from vlm_rl.learner.train_worker import train_grpo_worker
 
     config, labels = prepare_run(config)
-    connect_ray()
+    connect_ray(config.num_learners * config.cpus_per_learner + config.num_rollout_workers + 1)
     own_pool = pool is None and config.rollout_mode == "pool"  # colocated: the learner samples itself
     pool = make_rollout_pool(config, labels) if own_pool else pool
     trainer = make_torch_trainer(

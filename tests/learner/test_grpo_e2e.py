@@ -12,6 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from vlm_rl.commands.demo import DEMO_SETTINGS
 from vlm_rl.config import GRPOConfig
 from vlm_rl.learner.checkpoint import load_weights
 from vlm_rl.learner.grpo_job import make_rollout_pool, prepare_run, run_grpo
@@ -19,15 +20,9 @@ from vlm_rl.models.loading import load_model
 
 pytestmark = pytest.mark.slow
 
-# Measured with these settings (seed 0): reward 0.03 over the first 4 steps → 0.20 over the last 4
-# (format 0.06 → 0.47): 50 supervised steps teach the tiny random model the JSON shape only partly,
-# GRPO then makes it reliable. ~3.5 min on 2 cores.
-SETTINGS = dict(
-    model_path="tiny-qwen3-vl", lora_r=0, learning_rate=3e-3, num_learners=2, num_rollout_workers=2,
-    prompts_per_step=4, num_generations=4, num_steps=14, sft_warmup_steps=50, max_new_tokens=40,
-    max_image_size=96, beta=0.0, zero_stage=2, log_images_every=5, synthetic_train_size=48,
-    synthetic_val_size=8, synthetic_max_objects=1, disable_gradient_checkpointing=True, seed=0,
-)
+#: The demo's settings (a short SFT warm-up teaches the tiny random model the JSON shape only partly;
+#: GRPO then makes it reliable). ~3.5 min on 2 cores.
+SETTINGS = dict(DEMO_SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +73,7 @@ def test_mlflow_run_has_params_metrics_and_pictures(grpo_run):
     assert run.data.params["num_generations"] == "4"
     history = client.get_metric_history(run.info.run_id, "reward/total")
     assert [m.step for m in history] == list(range(1, SETTINGS["num_steps"] + 1))
+    assert "eval/mAP_50" in run.data.metrics and "eval/format_valid_rate" in run.data.metrics
     for key in ("loss", "kl", "clip_ratio", "reward/format", "reward/detection", "samples_per_hour",
                 "time/generation", "time/training", "time/weight_sync", "completion_length/mean"):
         assert key in run.data.metrics, key

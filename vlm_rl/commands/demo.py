@@ -13,12 +13,14 @@ NAME = "demo"
 HELP = "GRPO on synthetic traffic signs with a tiny Qwen3-VL on local Ray (CPU, no downloads, a few minutes)"
 
 #: A random tiny model cannot find the answer format by sampling alone: a short supervised warm-up
-#: teaches it partly, then GRPO makes it reliable (reward ≈0.03 → ≈0.2 in the test with these knobs).
+#: teaches it partly, then GRPO makes it reliable. tests/learner/test_grpo_e2e.py runs exactly these
+#: settings and asserts the reward rise (measured: 0.03 over the first 4 steps → 0.20 over the last 4).
 DEMO_SETTINGS = dict(
-    model_path="tiny-qwen3-vl", lora_r=0, learning_rate=3e-3, num_learners=2, num_rollout_workers=1,
-    prompts_per_step=4, num_generations=4, num_steps=16, sft_warmup_steps=50, max_new_tokens=40,
-    max_image_size=96, beta=0.0, temperature=1.0, zero_stage=2, log_images_every=4, eval_steps=8,
-    synthetic_train_size=64, synthetic_val_size=16, synthetic_max_objects=1, disable_gradient_checkpointing=True,
+    model_path="tiny-qwen3-vl", lora_r=0, learning_rate=3e-3, num_learners=2, num_rollout_workers=2,
+    prompts_per_step=4, num_generations=4, num_steps=14, sft_warmup_steps=50, max_new_tokens=40,
+    max_image_size=96, beta=0.0, temperature=1.0, zero_stage=2, log_images_every=5, eval_steps=7,
+    synthetic_train_size=48, synthetic_val_size=8, synthetic_max_objects=1, disable_gradient_checkpointing=True,
+    seed=0,
 )
 
 

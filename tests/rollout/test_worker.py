@@ -1,0 +1,68 @@
+"""RolloutWorker in-process (the Ray actor runs this same class): sampling, scoring, weight updates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlm_rl.data.schema import load_jsonl
+from vlm_rl.models.prompts import answer_text
+from vlm_rl.rollout.pool import split_evenly
+from vlm_rl.rollout.types import PromptItem
+from vlm_rl.rollout.worker import RolloutWorker, prepare_prompt, trim_at_eos
+
+
+@pytest.fixture(scope="module")
+def items(synthetic_dataset):
+    samples = load_jsonl(synthetic_dataset[0]).samples[:3]
+    return [PromptItem.from_sample(s) for s in samples]
+
+
+@pytest.mark.parametrize("family_fixture", ["tiny_model_dir", "tiny_qwen25_dir"])
+def test_generates_groups_scored_in_model_coordinates(request, family_fixture, items):
+    model_dir = request.getfixturevalue(family_fixture)
+    worker = RolloutWorker(str(model_dir), labels=["stop_sign"], max_image_size=64, max_new_tokens=8,
+                           batch_size=4, lora_rank=0, seed=1, return_logprobs=True)
+    out = worker.generate(list(enumerate(items)), num_generations=3, step=1)
+    completions = out["completions"]
+    assert len(completions) == 9 and [c.prompt_index for c in completions] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for c in completions:
+        assert 1 <= len(c.completion_ids) <= 8 and len(c.sampling_logprobs) == len(c.completion_ids)
+        assert all(lp <= 0 for lp in c.sampling_logprobs)
+        assert 0.0 <= c.rewards["detection"] <= 1.0 and c.rewards["total"] >= 0
+    # ground truth reaches the reward in the family's own coordinate system
+    image, solution = prepare_prompt(items[0], 64, worker.family)
+    assert completions[0].solution == solution
+    if worker.family == "qwen2_5_vl":  # absolute pixels of the resized image
+        assert all(0 <= v <= max(image.size) for o in solution for v in o["bbox_2d"])
+    # same step and seed → same samples; another step → other samples
+    again = worker.generate(list(enumerate(items)), num_generations=3, step=1)["completions"]
+    assert [c.completion_ids for c in again] == [c.completion_ids for c in completions]
+
+
+def test_perfect_answer_scores_full_reward(tiny_model_dir, items):
+    worker = RolloutWorker(str(tiny_model_dir), labels=None, max_image_size=64, max_new_tokens=4, lora_rank=0)
+    _, solution = prepare_prompt(items[0], 64, worker.family)
+    from vlm_rl.rewards.detection import combined_reward
+
+    scores = combined_reward([answer_text(solution)], [solution], format_weight=0.5)[0]
+    assert scores["detection"] == pytest.approx(1.0) and scores["format"] == pytest.approx(1.0)
+
+
+def test_lora_adapter_update_roundtrip(tiny_model_dir):
+    worker = RolloutWorker(str(tiny_model_dir), labels=None, max_image_size=64, max_new_tokens=4,
+                           lora_rank=4, lora_alpha=8)
+    state = worker.get_weights()
+    assert state and all("lora_" in k for k in state)
+    new = {k: torch.full_like(v, 0.01) for k, v in state.items()}
+    assert worker.update_weights(new, version=7) == 7
+    assert all(torch.equal(worker.get_weights()[k], new[k]) for k in new)
+    with pytest.raises(KeyError):
+        worker.update_weights({"not.a.weight": torch.zeros(1)}, version=8)
+
+
+def test_trim_and_split_helpers():
+    assert trim_at_eos([5, 6, 151645, 9, 9], {151645}, pad_id=151643) == [5, 6, 151645]
+    assert trim_at_eos([5, 151643, 151643], {151645}, pad_id=151643) == [5]
+    assert split_evenly(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
+    assert split_evenly([1], 3) == [[1], [], []]

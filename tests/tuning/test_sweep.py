@@ -1,0 +1,78 @@
+"""A 2-trial GRPO sweep on the tiny model, on the session's Ray cluster, recorded in MLflow.
+
+Checks what a user relies on: both trials ran as nested MLflow runs of one parent, the parent holds
+the trials table, plot, comparison report and recommended config, and that config loads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tuning.search_spaces import space_from_spec
+from tuning.sweep_grpo import run_sweep
+from vlm_rl.config import GRPOConfig, load_config
+
+pytestmark = pytest.mark.slow
+
+BASE = dict(
+    model_path="tiny-qwen3-vl", lora_r=0, num_learners=1, num_rollout_workers=1, prompts_per_step=2,
+    num_steps=3, sft_warmup_steps=10, max_new_tokens=24, max_image_size=64, zero_stage=2, log_images_every=2,
+    synthetic_train_size=16, synthetic_val_size=4, synthetic_max_objects=1, disable_gradient_checkpointing=True,
+    experiment_name="sweep-test", seed=0,
+)
+SPACE = {"num_generations": {"grid": [2, 4]}, "beta": {"choice": [0.0, 0.04]},
+         "learning_rate": {"loguniform": [1e-3, 5e-3]}}
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_cluster, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    base = GRPOConfig(**BASE, output_dir=str(folder))
+    return run_sweep(base, space_from_spec(SPACE), num_samples=1, sweep_dir=folder, seed=0)
+
+
+def test_parent_run_has_two_nested_trials(sweep):
+    client = MlflowClient(sweep["tracking_uri"])
+    parent = client.get_run(sweep["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name.startswith("sweep-grpo-")
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{sweep['parent_run_id']}'")
+    assert len(children) == 2
+    names = sorted(c.info.run_name for c in children)
+    assert [n.split("-")[2] for n in names] == ["g2", "g4"], names
+    for child in children:
+        assert child.info.status in ("FINISHED", "KILLED")
+        assert child.data.tags["vlm_rl.sweep.status"] in {r["status"] for r in sweep["rows"]}
+        assert "sweep/objective" in child.data.metrics
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "reward/total")][0] == 1
+
+
+def test_parent_artifacts_and_table(sweep):
+    client = MlflowClient(sweep["tracking_uri"])
+    listed = {a.path for a in client.list_artifacts(sweep["parent_run_id"], "sweep")}
+    assert {"sweep/trials.csv", "sweep/trials.json", "sweep/objective_per_trial.png", "sweep/comparison.html",
+            "sweep/recommended.yaml"} <= listed
+    rows = json.loads((sweep_dir(sweep) / "trials.json").read_text())
+    assert len(rows) == 2 and all(isinstance(r["objective"], float) for r in rows)
+    with (sweep_dir(sweep) / "trials.csv").open() as fh:
+        assert [r["trial"] for r in csv.DictReader(fh)] == [r["trial"] for r in rows]
+    assert any(r["status"] == "completed" for r in rows)  # the first trial is never stopped by ASHA
+
+
+def test_recommended_config_loads_with_best_knobs(sweep):
+    config = load_config(GRPOConfig, sweep["recommended_path"], env={})
+    best = sweep["best"]
+    assert (config.num_generations, config.beta, config.learning_rate) == (
+        best["num_generations"], best["beta"], pytest.approx(best["learning_rate"]))
+    assert config.num_steps == BASE["num_steps"] and config.num_learners == 1
+
+
+def sweep_dir(sweep):
+    from pathlib import Path
+
+    return Path(sweep["sweep_dir"])

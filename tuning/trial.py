@@ -1,0 +1,125 @@
+"""One sweep trial: a GRPO run on Ray Train whose per-step scores reach Tune while it trains.
+
+``run_grpo`` reports to Ray Train only at the end, so the trial runs it in a thread and tails the
+run's ``metrics.jsonl`` (written by rank 0 as each step ends), reporting every finished step to Tune.
+That is what lets ASHA and the instability stopper end a bad trial after a few steps: Tune then
+stops this trial's actor, and the Train controller, learners and rollout actors it owns go with it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tuning.objective import ObjectiveWeights, score_history
+
+#: Metric names in metrics.jsonl that are not GRPO step metrics (same step numbers, other meaning).
+_SKIP_PREFIXES = ("warmup/", "health/", "eval/")
+
+
+def trial_name(index: int, knobs: Mapping[str, Any]) -> str:
+    """``trial-03-g4-beta0.04-lr2e-03``: the MLflow run name says what the trial tried.
+
+    >>> trial_name(3, {"num_generations": 4, "beta": 0.04, "learning_rate": 0.002})
+    'trial-03-g4-beta0.04-lr2e-03'
+    """
+    parts = [f"trial-{index:02d}"]
+    short = {"num_generations": "g", "beta": "beta", "learning_rate": "lr"}
+    for key, value in knobs.items():
+        label = short.get(key, key)
+        text = f"{value:.0e}" if key == "learning_rate" else (f"{value:g}" if isinstance(value, float) else str(value))
+        parts.append(f"{label}{text}")
+    return "-".join(parts)
+
+
+def read_step_rows(path: Path) -> dict[int, dict[str, float]]:
+    """GRPO step metrics from metrics.jsonl as ``{step: {name: value}}`` (a torn last line is skipped)."""
+    rows: dict[int, dict[str, float]] = {}
+    if not path.is_file():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        name = str(item.get("name", ""))
+        if name.startswith(_SKIP_PREFIXES):
+            continue
+        rows.setdefault(int(item["step"]), {})[name] = float(item["value"])
+    return rows
+
+
+def step_report(step: int, history: list[dict], beta: float, health: list[str], weights: ObjectiveWeights,
+                extra: Mapping[str, Any]) -> dict[str, Any]:
+    """What Tune sees after ``step``: the score so far plus the step's headline metrics."""
+    row = history[-1]
+    score = score_history(history, beta=beta, health=health, weights=weights)
+    return {
+        "step": step, **score.as_metrics(),
+        "reward": row.get("reward/total"), "loss": row.get("loss"), "kl": row.get("kl"),
+        "samples_per_hour": row.get("samples_per_hour"), **extra,
+    }
+
+
+def grpo_trial(knobs: dict, *, base: dict, sweep_dir: str, parent_run_id: str | None,
+               weights: ObjectiveWeights, poll_seconds: float = 1.0) -> None:
+    """Tune function trainable: ``knobs`` (sampled by Tune) over ``base`` (a GRPOConfig dump)."""
+    from ray import tune
+
+    from vlm_rl.config import GRPOConfig
+    from vlm_rl.learner.grpo_job import run_grpo
+
+    context = tune.get_context()
+    index = int(str(context.get_trial_id()).rsplit("_", 1)[-1]) if "_" in str(context.get_trial_id()) else 0
+    name = trial_name(index, knobs)
+    output_dir = Path(sweep_dir) / "trials" / name
+    config = GRPOConfig(**{**base, **knobs, "output_dir": str(output_dir), "run_name": name})
+    extra = {"trial_name": name, "output_dir": str(output_dir)}
+
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["summary"] = run_grpo(config, parent_run_id=parent_run_id, run_name=name)
+        except BaseException as exc:  # handed to the Tune thread, which raises it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"grpo-{name}", daemon=True)
+    thread.start()
+    metrics_file = output_dir / "metrics.jsonl"
+    reported = 0
+    while thread.is_alive():
+        thread.join(poll_seconds)
+        rows = read_step_rows(metrics_file)
+        # A step is complete once a later one has begun logging (or the run has ended, below).
+        complete = sorted(s for s in rows if s < max(rows, default=0) and s > reported)
+        for step in complete:
+            history = [rows[s] for s in sorted(rows) if s <= step]
+            tune.report(step_report(step, history, config.beta, [], weights, {**extra, **_run_id(output_dir)}))
+            reported = step
+    if "error" in outcome:
+        raise outcome["error"]
+    summary = outcome["summary"]
+    history = summary["history"]
+    for i, row in enumerate(history):
+        step = int(row.get("step", i + 1))
+        if step <= reported:
+            continue
+        final = i == len(history) - 1
+        tune.report(step_report(step, history[: i + 1], config.beta, summary["health"] if final else [], weights,
+                                {**extra, "run_id": summary["run_id"], "finished": final}))
+    if not history:
+        raise RuntimeError(f"{name}: the GRPO run finished without a single step ({output_dir})")
+
+
+def _run_id(output_dir: Path) -> dict[str, str]:
+    """The child MLflow run id, once RunTracker has written it to tags.json."""
+    tags = output_dir / "tags.json"
+    try:
+        return {"run_id": json.loads(tags.read_text()).get("mlflow.runId", "")}
+    except (OSError, json.JSONDecodeError):
+        return {}
+

@@ -33,8 +33,17 @@ class PolicyLearner:
         self.device = engine.device
 
     def _inputs(self, items: list[PromptItem], completion_ids: list[list[int]]) -> dict:
-        images = [prepare_prompt(item, self.config.max_image_size, self.family)[0] for item in items]
-        batch = build_policy_inputs(self.processor, images, self.instruction, completion_ids, repeats=1)
+        # A GRPO group shares its prompt: load and encode each image once, then repeat its rows.
+        unique: list[PromptItem] = []
+        repeats: list[int] = []
+        for item in items:
+            if unique and item == unique[-1]:
+                repeats[-1] += 1
+            else:
+                unique.append(item)
+                repeats.append(1)
+        images = [prepare_prompt(item, self.config.max_image_size, self.family)[0] for item in unique]
+        batch = build_policy_inputs(self.processor, images, self.instruction, completion_ids, repeats=repeats)
         return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
     def grpo_step(self, items: list[PromptItem], completions: list[Completion], advantages: torch.Tensor) -> dict:

@@ -28,6 +28,17 @@ def _device() -> str:
     return "cpu"
 
 
+def colocated_rollout(engine, processor, family: str, config: GRPOConfig, labels: list[str]):
+    """The one-learner rollout source: the learner's own model samples (no actor pool, no weight copies)."""
+    from vlm_rl.rollout.colocated import ColocatedRollout
+
+    if config.num_learners != 1:
+        raise ValueError(f"rollout_mode: colocated needs num_learners=1, got {config.num_learners}")
+    return ColocatedRollout(engine, processor, family, labels=labels, max_image_size=config.max_image_size,
+                            max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                            top_p=config.top_p, format_weight=config.format_weight, seed=config.seed)
+
+
 def train_grpo_worker(cfg: dict) -> None:
     """Entry point of every learner rank (``TorchTrainer(train_loop_per_worker=...)``)."""
     import ray.train
@@ -44,6 +55,8 @@ def train_grpo_worker(cfg: dict) -> None:
     micro = cfg.get("micro_batch_size") or per_rank
     engine = build_engine(model, config, micro_batch=micro, accumulation=max(1, -(-per_rank // micro)))
     learner = PolicyLearner(engine, processor, family, config, labels, micro_batch_size=micro)
+    if config.rollout_mode == "colocated":
+        rollout = colocated_rollout(engine, processor, family, config, labels)
     samples = load_jsonl(config.train_data, on_error="skip").samples
     sampler = PromptSampler(samples, seed=config.seed)
 

@@ -86,6 +86,10 @@ def local_share(items: list[PromptItem], completions: list[Completion], advantag
 
 
 def sync_weights(learner, rollout, comm: Comm, version: int) -> None:
+    """Push the learners' weights to the rollout side; a colocated rollout reads them in place."""
+    if getattr(rollout, "shares_weights", False):
+        rollout.sync_weights(None, version)
+        return
     weights = learner.export_weights()  # collective under ZeRO-3
     if comm.rank == 0:
         rollout.sync_weights(weights, version)

@@ -27,6 +27,9 @@ SUPPRESSED_TOKENS = (SPECIAL_IDS["<|image_pad|>"], SPECIAL_IDS["<|video_pad|>"])
 class ColocatedRollout:
     """Samples GRPO groups from ``model`` (a DeepSpeed engine, PEFT model or plain HF model) in-process."""
 
+    #: generation uses the learner's own module, so there is nothing to export after a step
+    shares_weights = True
+
     def __init__(self, model, processor, family: str, *, labels: list[str] | None, max_image_size: int,
                  max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, format_weight: float = 0.5,
                  seed: int = 0, min_new_tokens: int = 0, fast: bool = True, compile_decode: bool = False):

@@ -105,7 +105,7 @@ def generate_answers(
     import torch
 
     from vlm_rl.models.loading import image_factor
-    from vlm_rl.models.prompts import encode_prompts
+    from vlm_rl.models.prompts import encode_prompts, end_token_ids
 
     instruction = instruction if instruction is not None else instruction_for(samples)
     factor = image_factor(family)
@@ -119,23 +119,12 @@ def generate_answers(
             images = [load_resized(s, max_image_size, factor)[0] for s in batch]
             enc = encode_prompts(processor, images, instruction).to(device)
             out = model.generate(
-                **enc, do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=_eos_ids(model, tokenizer),
+                **enc, do_sample=not greedy, max_new_tokens=max_new_tokens, eos_token_id=end_token_ids(model, tokenizer),
                 pad_token_id=tokenizer.pad_token_id, **sampling,
             )
             answers.extend(tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
             advance(len(batch))
     return answers
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The model's end tokens plus Qwen's chat end tokens, so a chat answer stops at ``<|im_end|>``."""
-    ids = model.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    for token in ("<|im_end|>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(tid, int) and tid >= 0 and tid not in ids:
-            ids.append(tid)
-    return ids
 
 
 def run_evaluation(

@@ -130,3 +130,14 @@ def build_policy_inputs(
         mm = enc["mm_token_type_ids"][rows]
         out["mm_token_type_ids"] = torch.cat([mm, torch.zeros_like(completion)], dim=1)
     return out
+
+
+def end_token_ids(model, tokenizer) -> list[int]:
+    """The model's end tokens plus Qwen's chat end tokens, so a chat answer stops at ``<|im_end|>``."""
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid >= 0 and tid not in ids:
+            ids.append(tid)
+    return ids

@@ -14,7 +14,7 @@ from vlm_rl.data.resize import load_resized
 from vlm_rl.data.schema import DetObject, Sample
 from vlm_rl.models.coords import to_model_coords
 from vlm_rl.models.loading import image_factor, load_model, load_processor, model_family
-from vlm_rl.models.prompts import detection_instruction, encode_prompts
+from vlm_rl.models.prompts import detection_instruction, encode_prompts, end_token_ids
 from vlm_rl.rewards.detection import combined_reward
 from vlm_rl.rollout.types import Completion, PromptItem
 
@@ -35,14 +35,7 @@ def prepare_prompt(item: PromptItem, max_image_size: int, family: str):
 
 
 def eos_token_ids(processor, model) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    tok = processor.tokenizer
-    for token in ("<|im_end|>", "<|endoftext|>"):
-        tid = tok.convert_tokens_to_ids(token)
-        if isinstance(tid, int) and tid not in ids:
-            ids.append(tid)
-    return ids
+    return end_token_ids(model, processor.tokenizer)
 
 
 def trim_at_eos(ids: list[int], eos_ids: set[int], pad_id: int) -> list[int]:

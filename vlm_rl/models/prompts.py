@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 from transformers import BatchFeature
 
+from vlm_rl.models.tokenizer import SPECIAL_IDS
+
 ANSWER_FORMAT = '[{"bbox_2d": [x1, y1, x2, y2], "label": "..."}]'
 
 
@@ -141,3 +143,8 @@ def end_token_ids(model, tokenizer) -> list[int]:
         if isinstance(tid, int) and tid >= 0 and tid not in ids:
             ids.append(tid)
     return ids
+
+
+#: Vision placeholders the policy must never sample: one in a completion breaks the image-token count
+#: of the learner's forward pass (suppressed in every sampler).
+NEVER_GENERATE = (SPECIAL_IDS["<|image_pad|>"], SPECIAL_IDS["<|video_pad|>"])

@@ -14,7 +14,7 @@ from vlm_rl.data.resize import load_resized
 from vlm_rl.data.schema import DetObject, Sample
 from vlm_rl.models.coords import to_model_coords
 from vlm_rl.models.loading import image_factor, load_model, load_processor, model_family
-from vlm_rl.models.prompts import detection_instruction, encode_prompts, end_token_ids
+from vlm_rl.models.prompts import NEVER_GENERATE, detection_instruction, encode_prompts, end_token_ids
 from vlm_rl.rewards.detection import combined_reward
 from vlm_rl.rollout.types import Completion, PromptItem
 
@@ -189,6 +189,7 @@ class RolloutWorker:
             num_return_sequences=num_generations,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
+            suppress_tokens=list(NEVER_GENERATE),
             return_dict_in_generate=True,
             output_logits=self.return_logprobs,
         )

@@ -33,8 +33,9 @@ def build_engine(model, config: BaseConfig, micro_batch: int, accumulation: int 
     import deepspeed
 
     if not dist.is_initialized():  # single-process use (benchmarks, CPU tests without Ray Train)
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
+        for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29511"), ("RANK", "0"),
+                           ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(key, value)  # without them DeepSpeed falls back to MPI discovery
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
                                    rank=0, world_size=1)
     world = dist.get_world_size()

@@ -16,14 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
-    try:
-        config = load_config(GRPOConfig, args.config, overrides)  # rejected here, before Ray starts
+    from vlm_rl.learner.grpo_job import run_grpo
+
+    try:  # bad config or data is rejected before Ray starts
+        config = load_config(GRPOConfig, args.config, overrides)
+        summary = run_grpo(config)
     except ConfigError as exc:
         print(f"ray_jobs.grpo: {exc}", file=sys.stderr)
         return 2
-    from vlm_rl.learner.grpo_job import run_grpo
-
-    summary = run_grpo(config)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
     return 0
 

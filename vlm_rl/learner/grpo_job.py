@@ -10,14 +10,19 @@ import os
 from pathlib import Path
 
 from vlm_rl.config import ConfigError, GRPOConfig
-from vlm_rl.data.schema import load_jsonl
+from vlm_rl.data.schema import DatasetError, load_jsonl
+from vlm_rl.learner.checkpoint import resolve_resume
 from vlm_rl.learner.job_common import make_torch_trainer, prepare_output_and_data
 
 
 def prepare_run(config: GRPOConfig) -> tuple[GRPOConfig, list[str]]:
     """Resolve paths, make the synthetic dataset if none is given, build tiny models; no Ray yet."""
     config = prepare_output_and_data(config)
-    samples = load_jsonl(config.train_data, labels=config.labels, on_error="raise").samples
+    try:  # bad data or a bad resume path is the user's input: a clear error (exit 2), before Ray starts
+        samples = load_jsonl(config.train_data, labels=config.labels, on_error="raise").samples
+        resolve_resume(config.resume, config.output_dir)
+    except (DatasetError, FileNotFoundError) as exc:
+        raise ConfigError(str(exc) if isinstance(exc, FileNotFoundError) else f"train_data: {exc}") from exc
     if len(samples) < config.prompts_per_step:
         raise ConfigError(
             f"train_data: {config.train_data} has {len(samples)} samples, fewer than prompts_per_step="

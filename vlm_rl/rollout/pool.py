@@ -49,7 +49,15 @@ class RolloutPool:
         t0 = time.perf_counter()
         ref = state_or_ref if isinstance(state_or_ref, ray.ObjectRef) else ray.put(state_or_ref)
         self._weights_ref, self.version = ref, version
-        ray.get([w.update_weights.remote(ref, version) for w in self.workers])
+        pending = [w.update_weights.remote(ref, version) for w in self.workers]
+        for worker, done in zip(self.workers, pending):
+            try:
+                ray.get(done)
+            except _ACTOR_ERRORS as exc:  # died mid-sync: Ray restarts it with base weights, so send again
+                self.restarts_seen += 1
+                log.warning("rollout actor failed during weight sync (%s); waiting for its restart", exc)
+                self._wait_alive(worker)
+                self._resync(worker)
         return time.perf_counter() - t0
 
     def _resync(self, worker) -> None:
@@ -66,17 +74,28 @@ class RolloutPool:
         while pending:
             i, ref = next(iter(pending.items()))
             try:
-                results[i] = ray.get(ref)
-                del pending[i]
+                result = ray.get(ref)
             except _ACTOR_ERRORS as exc:
-                attempts[i] += 1
-                if attempts[i] > retries:
+                if attempts[i] >= retries:
                     raise
-                self.restarts_seen += 1
-                log.warning("rollout actor %d failed (%s); waiting for its restart and retrying", i, exc)
-                self._wait_alive(self.workers[i])
-                self._resync(self.workers[i])
-                pending[i] = self.workers[i].generate.remote(shards[i], num_generations, step)
+                reason = str(exc)
+            else:
+                stale = {c.weights_version for c in result["completions"]} - {self.version}
+                if not stale or self._weights_ref is None:
+                    results[i] = result
+                    del pending[i]
+                    continue
+                if attempts[i] >= retries:
+                    raise RuntimeError(f"rollout actor {i} keeps answering with weights version {stale}, "
+                                       f"not {self.version}")
+                # Died and restarted between calls: it sampled with the base weights, so redo the shard.
+                reason = f"restarted between steps, sampled with weights version {sorted(stale)}"
+            attempts[i] += 1
+            self.restarts_seen += 1
+            log.warning("rollout actor %d failed (%s); waiting for its restart and retrying", i, reason)
+            self._wait_alive(self.workers[i])
+            self._resync(self.workers[i])
+            pending[i] = self.workers[i].generate.remote(shards[i], num_generations, step)
         completions: list[Completion] = []
         for i in sorted(results):
             completions.extend(results[i]["completions"])

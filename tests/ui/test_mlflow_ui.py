@@ -1,0 +1,134 @@
+"""The MLflow UI shows a GRPO run: a real `mlflow server` (SQLite + proxied local artifacts, loopback),
+a tiny GRPO run logging to it over HTTP, the REST API, and the run page rendered by headless Chromium.
+
+The screenshot is kept as test-artifacts/mlflow_run_page.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from vlm_rl.config import GRPOConfig
+from vlm_rl.tracking.ui_links import run_page_url
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+EXPERIMENT = "ui-test"
+SETTINGS = dict(
+    model_path="tiny-qwen3-vl", lora_r=0, num_learners=1, rollout_mode="colocated", prompts_per_step=2,
+    num_generations=2, num_steps=2, sft_warmup_steps=0, max_new_tokens=16, max_image_size=64, zero_stage=2,
+    log_images_every=1, synthetic_train_size=8, synthetic_val_size=2, synthetic_max_objects=1, beta=0.0,
+    disable_gradient_checkpointing=True, experiment_name=EXPERIMENT, run_name="grpo-tiny-ui-check", seed=0,
+)
+
+
+def api(base: str, endpoint: str, **params) -> dict:
+    url = f"{base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    log = open(folder / "server.log", "w")
+    proc = subprocess.Popen(
+        [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not answer: {(folder / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    try:
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's own session: gunicorn/uvicorn workers too
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def grpo_run(ray_cluster, mlflow_server, tmp_path_factory):
+    """A 2-step tiny GRPO run; its experiment is created first so artifacts go through the server."""
+    from mlflow.tracking import MlflowClient
+
+    from vlm_rl.learner.grpo_job import run_grpo
+
+    MlflowClient(mlflow_server).create_experiment(EXPERIMENT)
+    out = tmp_path_factory.mktemp("grpo-ui")
+    summary = run_grpo(GRPOConfig(**SETTINGS, output_dir=str(out), tracking_uri=mlflow_server))
+    run = api(mlflow_server, "runs/get", run_id=summary["run_id"])["run"]
+    return {"summary": summary, "run": run, "base": mlflow_server}
+
+
+def test_rest_api_has_params_metrics_with_steps_and_pictures(grpo_run):
+    base, run = grpo_run["base"], grpo_run["run"]
+    assert run["info"]["status"] == "FINISHED"
+    assert run["info"]["run_name"] == SETTINGS["run_name"]
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["num_generations"] == "2" and params["learning_rate"] == "0.0001"
+    metric_names = {m["key"] for m in run["data"]["metrics"]}
+    assert {"loss", "kl", "reward/total", "reward/format", "samples_per_hour", "time/generation"} <= metric_names
+    history = api(base, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="reward/total")["metrics"]
+    assert sorted(m["step"] for m in history) == [1, 2]
+    rollouts = {f["path"] for f in api(base, "artifacts/list", run_id=run["info"]["run_id"], path="rollouts")["files"]}
+    assert {"rollouts/step_00001.png", "rollouts/step_00002.png"} <= rollouts
+    plots = {f["path"] for f in api(base, "artifacts/list", run_id=run["info"]["run_id"], path="plots")["files"]}
+    assert "plots/training_curves.png" in plots
+    top = {f["path"] for f in api(base, "artifacts/list", run_id=run["info"]["run_id"])["files"]}
+    assert "summary.json" in top
+
+
+def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--window-size=1400,1600", *args],
+        capture_output=True, text=True, timeout=90,
+    )
+
+
+def test_run_page_renders_metrics_in_chromium(grpo_run, artifacts_dir, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); the REST checks still ran")
+    run = grpo_run["run"]
+    url = run_page_url(grpo_run["base"], run["info"]["experiment_id"], run["info"]["run_id"])
+    assert url is not None
+    dom = chromium(["--dump-dom", url], tmp_path / "profile-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for text in (SETTINGS["run_name"], "reward/total", "loss", "samples_per_hour"):
+        assert text in dom.stdout, f"{text!r} not in the rendered run page"
+    shot = artifacts_dir / "mlflow_run_page.png"
+    shot.unlink(missing_ok=True)
+    result = chromium([f"--screenshot={shot}", url], tmp_path / "profile-shot")
+    assert result.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, result.stderr[-2000:]

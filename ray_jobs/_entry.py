@@ -1,0 +1,32 @@
+"""The shape every `ray job submit` entry point shares: parse → validate (before Ray) → run → print summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from vlm_rl.config import ConfigError, load_config
+
+
+def run_entry(name: str, config_cls, run: Callable, argv: list[str] | None, *,
+              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+              run_kwargs: Callable[[argparse.Namespace], dict] | None = None, description: str = "") -> int:
+    """Exit code 2 with a message naming the field for a bad config or dataset; 0 after a finished run."""
+    parser = argparse.ArgumentParser(prog=f"python -m ray_jobs.{name}", description=description)
+    parser.add_argument("--config", help="recipe YAML (ray_jobs/configs/recipes/...)")
+    parser.add_argument("--resume", help="'auto' or a checkpoint path")
+    if add_arguments:
+        add_arguments(parser)
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
+    try:  # a bad config or dataset is rejected here, before any cluster resources are taken
+        config = load_config(config_cls, args.config, overrides)
+        summary = run(config, **(run_kwargs(args) if run_kwargs else {}))
+    except ConfigError as exc:
+        print(f"ray_jobs.{name}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
+    return 0

@@ -114,30 +114,45 @@ def run_vlmrl(model_dir: Path, train: str, args) -> dict:
 
     gpu = args.device == "cuda"
     labels = None
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):  # one DeepSpeed rank, no MPI
-        os.environ.setdefault(key, value)
+    if args.engine == "deepspeed":  # one DeepSpeed rank, no MPI (LocalEngine needs no process group; left
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):  # unset, TRL after it
+            os.environ.setdefault(key, value)  # does not try an env:// rendezvous)
     config = GRPOConfig(
         model_path=str(model_dir), train_data=train, max_image_size=args.image_size, num_learners=1,
         use_gpu=gpu, bf16=gpu, zero_stage=0, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
         num_generations=args.generations, prompts_per_step=args.prompts, num_steps=args.warmup + args.steps,
         beta=args.beta, loss_type="dapo", max_new_tokens=args.new_tokens, learning_rate=1e-5,
         rollout_mode="colocated", output_dir=tempfile.mkdtemp(prefix="vlmrl-bench-"),
+        micro_batch_size=args.micro_batch,
     )
     _reset_peak()
     t0 = time.perf_counter()
     model, processor, family = build_policy(config, device=args.device)
     n = config.prompts_per_step * config.num_generations
-    engine = build_engine(model, config, micro_batch=n, accumulation=1)
-    learner = PolicyLearner(engine, processor, family, config, labels, micro_batch_size=n)
+    micro = min(args.micro_batch or n, n)
+    accumulation = -(-n // micro)
+    if args.engine == "local":
+        from vlm_rl.learner.local_engine import LocalEngine
+
+        engine = LocalEngine(model, config, args.device, accumulation=accumulation)
+    else:
+        engine = build_engine(model, config, micro_batch=micro, accumulation=accumulation)
+    learner = PolicyLearner(engine, processor, family, config, labels, micro_batch_size=micro)
     rollout = ColocatedRollout(engine, processor, family, labels=labels, max_image_size=args.image_size,
                                max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, seed=0,
                                fast=not args.hf_generate, compile_decode=args.compile_decode)
     samples = load_jsonl(train).samples
     rows: list[dict] = []
+    phase_peaks: dict[str, float] = {}
+    if gpu:
+        phase_peaks["setup_gb"] = _peak_gb()
+        _track_phase_peak(rollout, "generate", "rollout_peak_gb", phase_peaks)
+        _track_phase_peak(learner, "grpo_step", "learner_peak_gb", phase_peaks)
 
     def progress(step: int, metrics: dict) -> None:
         row = {k[5:]: v for k, v in metrics.items() if k.startswith("time/")}
         row.update({f"rollout_{k}": v for k, v in rollout.last_timings.items()})
+        row.update(phase_peaks)
         row["tokens"] = metrics["completion_length/mean"] * n
         if gpu:
             row["peak_gb_so_far"] = torch.cuda.max_memory_allocated() / 2**30
@@ -149,11 +164,36 @@ def run_vlmrl(model_dir: Path, train: str, args) -> dict:
                sinks=LoopSinks(progress=progress))
     result = summarise("vlm-rl", rows, args)
     result["setup_seconds"] = setup
+    if gpu:  # phases reset the peak counter: the run's peak is the max over them (and the setup)
+        result["peak_memory_gb"] = max(result["peak_memory_gb"], phase_peaks.get("overall_peak_gb", 0.0))
+        result["phase_peaks_gb"] = dict(phase_peaks)
+    result["engine"] = type(engine).__name__
+    result["micro_batch"] = micro
     result["decode_mode"] = rollout.decoder.mode if rollout.decoder is not None else "hf-generate"
     rollout.shutdown()
     del engine, learner, model  # rollout (its static cache already released) goes with this frame
     _free()
     return result
+
+
+def _track_phase_peak(obj, method: str, key: str, into: dict) -> None:
+    """Wrap ``obj.method`` so ``into[key]`` holds the peak GPU GB reached inside its last call (peak reset
+    before it, so each phase's figure is its own; the overall peak is the max over phases)."""
+    inner = getattr(obj, method)
+
+    def wrapped(*a, **kw):
+        into["overall_peak_gb"] = max(into.get("overall_peak_gb", 0.0), _peak_gb())
+        _reset_peak()
+        into[key.replace("peak", "start")] = torch.cuda.memory_allocated() / 2**30
+        try:
+            return inner(*a, **kw)
+        finally:
+            torch.cuda.synchronize()
+            into[key] = torch.cuda.max_memory_allocated() / 2**30
+            into[key.replace("peak", "end")] = torch.cuda.memory_allocated() / 2**30
+            into["overall_peak_gb"] = max(into.get("overall_peak_gb", 0.0), into[key])
+
+    setattr(obj, method, wrapped)
 
 
 # -- TRL --------------------------------------------------------------------------------------------------
@@ -333,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beta", type=float, default=0.0)
     parser.add_argument("--hf-generate", action="store_true", help="vlm-rl samples with HF generate (ablation)")
     parser.add_argument("--compile-decode", action="store_true", help="torch.compile the decode step (vlm-rl)")
+    parser.add_argument("--engine", default="deepspeed", choices=["deepspeed", "local"],
+                        help="vlm-rl learner engine: DeepSpeed ZeRO-0 or LocalEngine (plain AdamW, fp32 masters)")
+    parser.add_argument("--micro-batch", type=int, default=0,
+                        help="vlm-rl sequences per forward/backward (0 = the whole step's batch)")
     parser.add_argument("--model-root", default=os.environ.get("BENCH_MODEL_ROOT", "/tmp/vlmrl-bench-models"))
     parser.add_argument("--out", default=None, help="JSON file for all results")
     args = parser.parse_args(argv)
@@ -359,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 res[fw] = {"error": f"{type(exc).__name__}: {exc}"}
                 _free()
+            report["results"][arch] = res
+            if args.out:  # keep what is measured if a later framework runs out of time
+                Path(args.out).write_text(json.dumps(report, indent=2, default=str))
         if "measured" in report:
             res["floor"] = physical_floor(model_dir, args, report["measured"]["copy_bandwidth_tbs"],
                                           report["measured"]["bf16_matmul_tflops"])

@@ -44,7 +44,9 @@ class PolicyLearner:
                 repeats.append(1)
         images = [prepare_prompt(item, self.config.max_image_size, self.family)[0] for item in unique]
         batch = build_policy_inputs(self.processor, images, self.instruction, completion_ids, repeats=repeats)
-        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        pin = self.device.type == "cuda"  # pinned + non_blocking: the copy does not wait for queued GPU work
+        return {k: (v.pin_memory().to(self.device, non_blocking=True) if pin else v.to(self.device))
+                if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def grpo_step(self, items: list[PromptItem], completions: list[Completion], advantages: torch.Tensor) -> dict:
         """One optimizer step over this rank's completions (``items[c.prompt_index]`` is each one's prompt)."""
@@ -54,9 +56,16 @@ class PolicyLearner:
         n_tokens_total = sum(len(c.completion_ids) for c in completions)
         sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
         slices = micro_batches(len(completions), self.micro_batch_size)
-        for sl in slices:
+
+        def inputs(sl: slice) -> dict:
             chunk = completions[sl]
-            batch = self._inputs([items[c.prompt_index] for c in chunk], [c.completion_ids for c in chunk])
+            return self._inputs([items[c.prompt_index] for c in chunk], [c.completion_ids for c in chunk])
+
+        # Metrics stay on the device until the end: no host sync between micro-batches, so the CPU builds
+        # the next micro-batch's inputs (image load, processor) while the GPU runs this one's backward.
+        pending: list[tuple[float, torch.Tensor, dict]] = []
+        batch = inputs(slices[0])
+        for i, sl in enumerate(slices):
             mask = batch["completion_mask"].float()
             logp = completion_logprobs(engine, batch, config.temperature)
             ref_logp = None
@@ -69,12 +78,16 @@ class PolicyLearner:
                 eps_high=config.clip_high, loss_type=config.loss_type,
                 max_completion_length=config.max_new_tokens, num_items_in_batch=n_tokens_total,
             )
-            # DeepSpeed divides by the accumulation steps; dapo already normalises by the whole batch's tokens.
+            # The engine divides by the accumulation steps; dapo already normalises by the whole batch's tokens.
             scale = len(slices) if config.loss_type == "dapo" else 1.0
             engine.backward(loss * scale)
+            del logp, ref_logp, mask
+            if i + 1 < len(slices):
+                batch = inputs(slices[i + 1])
             engine.step()
-            weight = len(chunk) / len(completions)
-            sums["loss"] += float(loss.detach()) * (1.0 if config.loss_type == "dapo" else weight)
+            pending.append(((sl.stop - sl.start) / len(completions), loss.detach(), metrics))
+        for weight, loss, metrics in pending:
+            sums["loss"] += float(loss) * (1.0 if config.loss_type == "dapo" else weight)
             sums["kl"] += float(metrics.get("kl", 0.0)) * weight
             sums["clip_ratio"] += float(metrics.get("clip_ratio", 0.0)) * weight
         sums["grad_norm"] = float(engine.get_global_grad_norm() or 0.0)

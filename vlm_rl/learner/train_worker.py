@@ -52,8 +52,15 @@ def train_grpo_worker(cfg: dict) -> None:
 
     model, processor, family = build_policy(config, device=_device())
     per_rank = config.prompts_per_step // comm.world_size * config.num_generations
-    micro = cfg.get("micro_batch_size") or per_rank
-    engine = build_engine(model, config, micro_batch=micro, accumulation=max(1, -(-per_rank // micro)))
+    micro = min(cfg.get("micro_batch_size") or config.micro_batch_size or per_rank, per_rank)
+    accumulation = max(1, -(-per_rank // micro))
+    if config.rollout_mode == "colocated" and comm.world_size == 1:
+        # One GPU: nothing to shard; plain AdamW keeps no persistent fp32 gradient buffers (peak memory).
+        from vlm_rl.learner.local_engine import LocalEngine
+
+        engine = LocalEngine(model, config, _device(), accumulation=accumulation)
+    else:
+        engine = build_engine(model, config, micro_batch=micro, accumulation=accumulation)
     learner = PolicyLearner(engine, processor, family, config, labels, micro_batch_size=micro)
     if config.rollout_mode == "colocated":
         rollout = colocated_rollout(engine, processor, family, config, labels)

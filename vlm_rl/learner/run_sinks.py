@@ -10,6 +10,10 @@ from vlm_rl.config import GRPOConfig
 from vlm_rl.learner.grpo_loop import LoopSinks, LoopState
 from vlm_rl.rollout.types import Completion, PromptItem
 
+#: At the end of a run, how long to wait for an unreachable MLflow to come back before giving up
+#: (everything is in metrics.jsonl regardless).
+FINAL_FLUSH_WAIT_S = 120.0
+
 
 def _mean(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in rows if key in r]
@@ -162,5 +166,5 @@ class RunSinks:
         except Exception as exc:  # a plot must never fail a finished run
             print(f"[vlm-rl] could not plot curves: {exc}", flush=True)
         self.tracker.log_dict({k: v for k, v in summary.items() if k != "history"}, "summary.json")
-        self.tracker.finish(status=status)
+        self.tracker.finish(status=status, wait_seconds=FINAL_FLUSH_WAIT_S)
         return summary

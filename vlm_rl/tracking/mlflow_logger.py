@@ -181,11 +181,17 @@ class RunTracker:
         self._flush()
         return self.healthy
 
-    def finish(self, status: str = "FINISHED") -> None:
-        """Send what is queued and close the run; never raises."""
+    def finish(self, status: str = "FINISHED", wait_seconds: float = 0.0) -> None:
+        """Send what is queued and close the run; never raises.
+
+        ``wait_seconds``: while MLflow is unreachable, keep retrying this long before giving up, so a
+        server back within that time still receives the whole run (metrics.jsonl has it either way).
+        """
         if self._finished:
             return
-        self.flush()
+        deadline = time.monotonic() + wait_seconds
+        while not self.flush() and time.monotonic() < deadline:
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
         if self._call(lambda: self._client.set_terminated(self._require_run(), status=status)) is not None:
             self._finished = True
 

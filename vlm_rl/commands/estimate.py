@@ -42,7 +42,8 @@ def measure_calibration(
     console.print(f"calibrating: {steps} real GRPO steps of {config.model_path} on this machine ...")
     try:
         result = run_grpo(short)
-        phases = {str(k): float(v) for k, v in (result.get("phase_times") or {}).items()}
+        phases = {str(k): float(v) for k, v in (result.get("phase_times") or {}).items()
+                  if k != "step" and v is not None}  # "step" is the sum of the others
     except Exception as exc:  # a failed measurement must not hide the analytic estimate
         return None, {"error": f"calibration run failed: {type(exc).__name__}: {exc}"}
     if not phases:

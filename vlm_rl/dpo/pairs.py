@@ -41,6 +41,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlm_rl.data.jsonl import iter_jsonl
+
 #: Fields every rollout record must have (``prompt_id`` may stand in for ``sample_id``).
 REQUIRED_FIELDS = ("sample_id", "image", "prompt", "completion", "reward")
 #: Float slack on the margin test, so 1.0 - 0.9 (= 0.0999...98) passes a 0.1 margin.
@@ -49,18 +51,7 @@ MARGIN_EPS = 1e-9
 
 def load_rollouts(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read a rollouts JSONL (module docstring); ValueError naming ``file:line: field`` for a bad row."""
-    records = []
-    with Path(path).open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON: {exc.msg}") from exc
-            records.append(validate_rollout(row, where))
-    return records
+    return [validate_rollout(row, where) for where, row in iter_jsonl(path)]
 
 
 def validate_rollout(row: Any, where: str) -> dict[str, Any]:

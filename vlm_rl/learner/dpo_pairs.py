@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlm_rl.data.jsonl import iter_jsonl
+
 REQUIRED = ("image", "prompt", "chosen", "rejected")
 
 
@@ -30,29 +32,21 @@ def load_pairs(path: str | os.PathLike) -> list[PairItem]:
     """Read and check a pairs JSONL; ValueError naming ``file:line: field``. Relative images: from the file's folder."""
     path = Path(path)
     pairs = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON: {exc.msg}") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for name in REQUIRED:
-                if not isinstance(row.get(name), str):
-                    problem = "missing" if name not in row else f"expected a string, got {type(row[name]).__name__}"
-                    raise ValueError(f"{where}: {name}: {problem}")
-            if row["chosen"] == row["rejected"]:
-                raise ValueError(f"{where}: chosen: identical to rejected (the pair prefers nothing)")
-            image = Path(row["image"])
-            image = image if image.is_absolute() else (path.parent / image).resolve()
-            if not image.is_file():
-                raise ValueError(f"{where}: image: file not found: {image}")
-            pairs.append(PairItem(str(row.get("id", f"{path.name}:{lineno}")), str(image), row["prompt"],
-                                  row["chosen"], row["rejected"]))
+    for where, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        for name in REQUIRED:
+            if not isinstance(row.get(name), str):
+                problem = "missing" if name not in row else f"expected a string, got {type(row[name]).__name__}"
+                raise ValueError(f"{where}: {name}: {problem}")
+        if row["chosen"] == row["rejected"]:
+            raise ValueError(f"{where}: chosen: identical to rejected (the pair prefers nothing)")
+        image = Path(row["image"])
+        image = image if image.is_absolute() else (path.parent / image).resolve()
+        if not image.is_file():
+            raise ValueError(f"{where}: image: file not found: {image}")
+        pairs.append(PairItem(str(row.get("id", where.rsplit("/", 1)[-1])), str(image), row["prompt"],
+                              row["chosen"], row["rejected"]))
     if not pairs:
         raise ValueError(f"{path}: no pairs")
     return pairs

@@ -15,6 +15,14 @@ from vlm_rl.rollout.types import Completion, PromptItem
 FINAL_FLUSH_WAIT_S = 120.0
 
 
+def log_checkpoint_artifacts(tracker, path: Path, lora: bool) -> None:
+    """LoRA adapters are small: keep them browsable in MLflow (full weights stay on disk, path in a tag)."""
+    if lora:
+        for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json"):
+            if (path / name).is_file():
+                tracker.log_artifact(str(path / name), artifact_path=f"checkpoints/{path.name}")
+
+
 def _mean(rows: list[dict], key: str) -> float | None:
     values = [r[key] for r in rows if key in r]
     return sum(values) / len(values) if values else None
@@ -126,10 +134,7 @@ class RunSinks:
     def on_checkpoint(self, path: Path, state: LoopState) -> None:
         self.last_checkpoint = str(path)
         self.tracker.set_tags({"vlm_rl.last_checkpoint": str(path)})
-        if self.config.lora_r > 0:  # adapters are small: keep them browsable in MLflow
-            for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json"):
-                if (path / name).is_file():
-                    self.tracker.log_artifact(str(path / name), artifact_path=f"checkpoints/{path.name}")
+        log_checkpoint_artifacts(self.tracker, path, lora=self.config.lora_r > 0)
 
     # -- end -----------------------------------------------------------------------------------
     def finish(self, state: LoopState | None = None, status: str = "FINISHED") -> dict:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from vlm_rl.config import BaseConfig
+from vlm_rl.learner.run_sinks import log_checkpoint_artifacts
 from vlm_rl.learner.sft_loop import TrainState
 
 
@@ -58,10 +59,7 @@ class RunRecorder:
     def on_checkpoint(self, path: Path) -> None:
         self.last_checkpoint = str(path)
         self.tracker.set_tags({"vlm_rl.last_checkpoint": str(path)})
-        if self.config.lora_r > 0:  # adapters are small: keep them browsable in MLflow
-            for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json"):
-                if (path / name).is_file():
-                    self.tracker.log_artifact(str(path / name), artifact_path=f"checkpoints/{path.name}")
+        log_checkpoint_artifacts(self.tracker, path, lora=self.config.lora_r > 0)
 
     def fail(self) -> None:
         self.tracker.finish(status="FAILED")

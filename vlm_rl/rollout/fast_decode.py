@@ -260,19 +260,19 @@ class StaticDecoder:
     def _capture(self, s: _State) -> None:
         """Record one step as a CUDA graph; with ``compile_step`` the step is first fused by torch.compile
         (far fewer, larger kernels: RMSNorm, rotary and LoRA epilogues), falling back to eager on failure."""
-        step = self._step
+        step, compiled = self._step, False
         if self.compile_step:
             try:
                 if self._compiled is None:
                     self._compiled = torch.compile(self._step, dynamic=False)
                 self._warm(s, self._compiled)
-                step, self.mode = self._compiled, "compiled+graph"
+                step, compiled, self.mode = self._compiled, True, "compiled+graph"
             except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager graph still works
                 import logging
 
                 logging.getLogger(__name__).warning("torch.compile of the decode step failed (%s); eager", exc)
                 self.compile_step, self._compiled = False, None
-        if step is self._step:
+        if not compiled:  # (a bound method is a new object on each access: compare a flag, not identity)
             self._warm(s, step)
             self.mode = "graph"
         # Warm-up and capture write slot write_pos (=0 here); every real step rewrites its own slot first.

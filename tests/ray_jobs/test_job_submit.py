@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,11 @@ def test_submitted_tiny_job_writes_an_mlflow_run(ray_cluster, tmp_path):
         "prompts_per_step=2", "synthetic_train_size=8", "synthetic_val_size=2", "log_images_every=1",
     ]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    for _ in range(12):  # a just-started head's job agent may not have registered yet: Ray says "try again"
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent to submit job" not in done.stderr + done.stdout:
+            break
+        time.sleep(5)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "succeeded" in (done.stdout + done.stderr).lower()
 

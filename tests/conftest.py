@@ -74,6 +74,9 @@ def ray_cluster():
         ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=8", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}", f"--temp-dir={os.environ['RAY_TMPDIR']}", "--disable-usage-stats",
         "--include-dashboard=true",
+        # Ray's fixed default agent ports clash when another Ray instance runs on the machine.
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
     ]
     log = open(_TMP / "ray-start.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -13,6 +13,8 @@ from vlm_rl.rollout.types import Completion, PromptItem
 #: At the end of a run, how long to wait for an unreachable MLflow to come back before giving up
 #: (everything is in metrics.jsonl regardless).
 FINAL_FLUSH_WAIT_S = 120.0
+#: Rollout pictures are drawn at least this wide, whatever MAX_IMAGE_SIZE the model sees.
+MIN_PICTURE_SIDE = 320
 
 
 def log_checkpoint_artifacts(tracker, path: Path, lora: bool) -> None:
@@ -108,14 +110,18 @@ class RunSinks:
         shown = [c for c in completions if c.prompt_index < 2][: 2 * self.config.num_generations]
         for c in shown:
             image, _ = prepare_prompt(items[c.prompt_index], self.config.max_image_size, self.family)
+            zoom = max(1.0, MIN_PICTURE_SIDE / max(image.size))  # small model inputs: enlarge to be readable
+            shown_image = image.resize((round(image.width * zoom), round(image.height * zoom)))
 
-            def to_px(objs, image=image):
-                return [{"label": str(o.get("label", "")), "bbox_2d": from_model_coords(o["bbox_2d"], image.width,
-                                                                                      image.height, self.family)}
+            def to_px(objs, image=image, zoom=zoom):
+                return [{"label": str(o.get("label", "")),
+                         "bbox_2d": [v * zoom for v in from_model_coords(o["bbox_2d"], image.width, image.height,
+                                                                         self.family)]}
                         for o in objs or []]
 
             title = f"step {step} · reward {c.reward:.2f} (det {c.rewards['detection']:.2f}, fmt {c.rewards['format']:.2f})"
-            pictures.append(draw_detections(image, to_px(c.solution), to_px(parse_detections(c.text)), title=title))
+            pictures.append(draw_detections(shown_image, to_px(c.solution), to_px(parse_detections(c.text)),
+                                            title=title))
         return rollout_grid(pictures, columns=self.config.num_generations)
 
     def evaluate(self, step: int) -> dict:

@@ -66,3 +66,11 @@ def test_trim_and_split_helpers():
     assert trim_at_eos([5, 151643, 151643], {151645}, pad_id=151643) == [5]
     assert split_evenly(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
     assert split_evenly([1], 3) == [[1], [], []]
+
+
+def test_evaluate_reports_mlflow_safe_detection_metrics(tiny_model_dir, synthetic_dataset):
+    worker = RolloutWorker(str(tiny_model_dir), labels=None, max_image_size=64, max_new_tokens=6, lora_rank=0)
+    metrics = worker.evaluate(str(synthetic_dataset[1]), limit=3)
+    for key in ("eval/mAP_50", "eval/mAP_50_95", "eval/f1", "eval/format_valid_rate"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert all("@" not in k and "[" not in k for k in metrics)

@@ -145,14 +145,34 @@ def run_evaluation(
     if not samples:
         raise ValueError(f"{val_data}: no samples to evaluate")
     model, processor, family = load_for_eval(model_path)
+    result = evaluate_loaded(
+        model, processor, family, samples, max_image_size=max_image_size, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, instruction=instruction_for(samples, labels), progress=progress,
+    )
+    result.metrics.update({"model_path": str(model_path), "model_family": family})
+    return result
+
+
+def evaluate_loaded(
+    model: Any,
+    processor: Any,
+    family: str,
+    samples: Sequence[Sample],
+    *,
+    max_image_size: int,
+    max_new_tokens: int,
+    batch_size: int,
+    instruction: str,
+    progress: bool = False,
+) -> EvalResult:
+    """Greedy answers of an already loaded model (e.g. a rollout actor's), parsed and scored."""
     answers = generate_answers(
         model, processor, samples, max_image_size=max_image_size, family=family, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, instruction=instruction_for(samples, labels), progress=progress,
+        batch_size=batch_size, instruction=instruction, progress=progress,
     )
     gts = [ground_truth_in_model_coords(s, max_image_size, family) for s in samples]
     parsed = [parse_detections(a) for a in answers]
     metrics = evaluate_detections(parsed, gts)
-    metrics.update({"model_path": str(model_path), "model_family": family})
     records = [
         {"id": s.id, "image": s.image, "answer": a, "parsed": p, "gt": g}
         for s, a, p, g in zip(samples, answers, parsed, gts)

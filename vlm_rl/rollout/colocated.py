@@ -120,24 +120,22 @@ class ColocatedRollout:
     def evaluate(self, val_data: str, limit: int | None = None) -> dict[str, float]:
         """Greedy detection metrics of the current weights (same runner as the rollout actors)."""
         from vlm_rl.data.schema import load_jsonl
-        from vlm_rl.eval.metrics import evaluate_detections, mlflow_metrics
-        from vlm_rl.eval.runner import generate_answers, ground_truth_in_model_coords
-        from vlm_rl.rewards.parse import parse_detections
+        from vlm_rl.eval.metrics import mlflow_metrics
+        from vlm_rl.eval.runner import evaluate_loaded
 
         module = self._module()
         was_training = module.training
         module.eval()
         try:
-            samples = load_jsonl(val_data, on_error="skip").samples[:limit]
-            answers = generate_answers(
-                module, self.processor, samples, max_image_size=self.max_image_size, family=self.family,
-                max_new_tokens=self.max_new_tokens, batch_size=64, instruction=self.instruction, progress=False,
+            result = evaluate_loaded(
+                module, self.processor, self.family, load_jsonl(val_data, on_error="skip").samples[:limit],
+                max_image_size=self.max_image_size, max_new_tokens=self.max_new_tokens, batch_size=64,
+                instruction=self.instruction,
             )
         finally:
             if was_training:
                 module.train()
-        truth = [ground_truth_in_model_coords(s, self.max_image_size, self.family) for s in samples]
-        return mlflow_metrics(evaluate_detections([parse_detections(a) for a in answers], truth), prefix="eval")
+        return mlflow_metrics(result.metrics, prefix="eval")
 
     def shutdown(self) -> None:
         if self.decoder is not None:

@@ -130,18 +130,15 @@ class RolloutWorker:
     def evaluate(self, val_data: str, limit: int | None = None) -> dict[str, float]:
         """Greedy detection metrics of the weights this actor holds (mAP, P/R/F1, format-valid rate)."""
         from vlm_rl.data.schema import load_jsonl
-        from vlm_rl.eval.metrics import evaluate_detections, mlflow_metrics
-        from vlm_rl.eval.runner import generate_answers, ground_truth_in_model_coords
-        from vlm_rl.rewards.parse import parse_detections
+        from vlm_rl.eval.metrics import mlflow_metrics
+        from vlm_rl.eval.runner import evaluate_loaded
 
         samples = load_jsonl(val_data, on_error="skip").samples[:limit]
-        answers = generate_answers(
-            self.model, self.processor, samples, max_image_size=self.max_image_size, family=self.family,
+        result = evaluate_loaded(
+            self.model, self.processor, self.family, samples, max_image_size=self.max_image_size,
             max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, instruction=self.instruction,
-            progress=False,
         )
-        truth = [ground_truth_in_model_coords(s, self.max_image_size, self.family) for s in samples]
-        return mlflow_metrics(evaluate_detections([parse_detections(a) for a in answers], truth), prefix="eval")
+        return mlflow_metrics(result.metrics, prefix="eval")
 
     # -- generation ----------------------------------------------------------------------------
     @torch.no_grad()

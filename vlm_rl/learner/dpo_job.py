@@ -68,7 +68,7 @@ def run_dpo(config: DPOConfig, *, parent_run_id: str | None = None, run_name: st
     from vlm_rl.learner.grpo_job import connect_ray
 
     config, _, steps = prepare_dpo(config)
-    connect_ray()
+    connect_ray(config.num_learners * config.cpus_per_learner + 1)
     trainer = make_torch_trainer(
         train_dpo_worker,
         {"config": config.model_dump(mode="json"), "num_steps": steps, "batch_size": config.batch_size,

@@ -61,7 +61,7 @@ def run_sft(config: SFTConfig, *, parent_run_id: str | None = None, run_name: st
     from vlm_rl.learner.grpo_job import connect_ray
 
     config, labels, steps = prepare_sft(config)
-    connect_ray()
+    connect_ray(config.num_learners * config.cpus_per_learner + 1)
     trainer = make_torch_trainer(
         train_sft_worker,
         {"config": config.model_dump(mode="json"), "labels": labels, "num_steps": steps,

@@ -123,7 +123,7 @@ def run_vlmrl(model_dir: Path, train: str, args) -> dict:
         num_generations=args.generations, prompts_per_step=args.prompts, num_steps=args.warmup + args.steps,
         beta=args.beta, loss_type="dapo", max_new_tokens=args.new_tokens, learning_rate=1e-5,
         rollout_mode="colocated", output_dir=tempfile.mkdtemp(prefix="vlmrl-bench-"),
-        micro_batch_size=args.micro_batch,
+        micro_batch_size=args.micro_batch, compile_layers=args.compile_learner,
     )
     _reset_peak()
     t0 = time.perf_counter()
@@ -148,6 +148,9 @@ def run_vlmrl(model_dir: Path, train: str, args) -> dict:
         phase_peaks["setup_gb"] = _peak_gb()
         _track_phase_peak(rollout, "generate", "rollout_peak_gb", phase_peaks)
         _track_phase_peak(learner, "grpo_step", "learner_peak_gb", phase_peaks)
+    if args.profile:
+        _profile_last_call(learner, "grpo_step", config.num_steps, Path(args.profile) / "learner_kernels.txt")
+        _profile_last_call(rollout, "generate", config.num_steps, Path(args.profile) / "rollout_kernels.txt")
 
     def progress(step: int, metrics: dict) -> None:
         row = {k[5:]: v for k, v in metrics.items() if k.startswith("time/")}
@@ -170,6 +173,8 @@ def run_vlmrl(model_dir: Path, train: str, args) -> dict:
     result["engine"] = type(engine).__name__
     result["micro_batch"] = micro
     result["decode_mode"] = rollout.decoder.mode if rollout.decoder is not None else "hf-generate"
+    result["decode_lora_merged_modules"] = rollout.decoder.merged_modules if rollout.decoder is not None else 0
+    result["compiled_learner_layers"] = len(learner.compiled.layers)
     rollout.shutdown()
     del engine, learner, model  # rollout (its static cache already released) goes with this frame
     _free()
@@ -192,6 +197,33 @@ def _track_phase_peak(obj, method: str, key: str, into: dict) -> None:
             into[key] = torch.cuda.max_memory_allocated() / 2**30
             into[key.replace("peak", "end")] = torch.cuda.memory_allocated() / 2**30
             into["overall_peak_gb"] = max(into.get("overall_peak_gb", 0.0), into[key])
+
+    setattr(obj, method, wrapped)
+
+
+def _profile_last_call(obj, method: str, calls: int, out: Path) -> None:
+    """Profile the ``calls``-th call of ``obj.method`` (the last timed step): the top kernels by GPU time go
+    to ``out`` (where the step's time goes, beyond the phase totals). That step's time includes the
+    profiler's overhead, so the bench's medians are read from the other steps."""
+    inner = getattr(obj, method)
+    seen = {"n": 0}
+
+    def wrapped(*a, **kw):
+        seen["n"] += 1
+        if seen["n"] != calls:
+            return inner(*a, **kw)
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with profile(activities=activities) as prof:
+            result = inner(*a, **kw)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(prof.key_averages().table(sort_by=sort, row_limit=45, max_name_column_width=90))
+        print(f"  profile of {method} -> {out}", flush=True)
+        return result
 
     setattr(obj, method, wrapped)
 
@@ -373,12 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beta", type=float, default=0.0)
     parser.add_argument("--hf-generate", action="store_true", help="vlm-rl samples with HF generate (ablation)")
     parser.add_argument("--compile-decode", action="store_true", help="torch.compile the decode step (vlm-rl)")
+    parser.add_argument("--compile-learner", action="store_true",
+                        help="torch.compile each decoder layer for the learner's forward/backward (vlm-rl)")
     parser.add_argument("--engine", default="deepspeed", choices=["deepspeed", "local"],
                         help="vlm-rl learner engine: DeepSpeed ZeRO-0 or LocalEngine (plain AdamW, fp32 masters)")
     parser.add_argument("--micro-batch", type=int, default=0,
                         help="vlm-rl sequences per forward/backward (0 = the whole step's batch)")
     parser.add_argument("--model-root", default=os.environ.get("BENCH_MODEL_ROOT", "/tmp/vlmrl-bench-models"))
     parser.add_argument("--out", default=None, help="JSON file for all results")
+    parser.add_argument("--profile", default=None, help="folder: torch.profiler kernel tables of vlm-rl's last "
+                        "step (learner and rollout); that step is excluded from nothing, so use --steps >= 3")
     args = parser.parse_args(argv)
 
     root = Path(args.model_root)

@@ -81,6 +81,8 @@ class BaseConfig(BaseModel):
     resume: str | None = Field(None, description="'auto' (latest in output_dir) or a checkpoint path")
     max_failures: int = Field(2, ge=0, description="learner restarts (from the last checkpoint) before giving up")
     micro_batch_size: int = Field(0, ge=0, description="sequences per forward/backward; 0 = a rank's whole batch")
+    compile_layers: bool = Field(False, description="torch.compile each decoder layer for the learner's "
+                                 "forward/backward (GPU: fuses the elementwise work; the first step compiles)")
 
     @property
     def gradient_checkpointing(self) -> bool:

@@ -109,3 +109,40 @@ def test_colocated_step_matches_cpu_loss(tiny_model_dir, synthetic_dataset, tmp_
     rollout.sync_weights(None, 2)
     again = rollout.generate(items, 4, step=2)
     assert {c.weights_version for c in again["completions"]} == {2}
+
+
+def test_lora_merge_for_decode_restores_base_weights_on_cuda(tiny_model_dir, synthetic_dataset):
+    """The in-place LoRA fold around a CUDA-graphed decode leaves the bf16 base weights bit-identical, and
+    the graph (captured while merged) samples what the un-merged adapter model samples (greedy, float32)."""
+    from peft import get_peft_model
+
+    from vlm_rl.models.lora import lora_config
+    from vlm_rl.models.lora_merge import merged_lora
+
+    processor = load_processor(tiny_model_dir)
+    for dtype, b_std in ((torch.bfloat16, 0.5), (torch.float32, 0.05)):
+        base_model = load_model(tiny_model_dir, dtype=dtype)
+        _roughen(base_model, seed=1)
+        model = get_peft_model(base_model.to(dtype), lora_config(8, 16)).to("cuda")
+        gen = torch.Generator().manual_seed(4)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_((torch.randn(p.shape, generator=gen) * b_std).to(p.dtype))
+        before = {n: p.clone() for n, p in model.named_parameters() if "base_layer" in n}
+        with merged_lora(model) as merged:
+            pass
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+        if dtype == torch.bfloat16:
+            assert merged.fixups > 0
+            continue
+        images = [prepare_prompt(item, 128, "qwen3_vl")[0] for item in _prompts(synthetic_dataset, 2)]
+        enc = encode_prompts(processor, images, detection_instruction(None)).to("cuda")
+        eos, pad = eos_token_ids(processor, model), processor.tokenizer.pad_token_id
+        ref = model.generate(**enc, do_sample=False, max_new_tokens=16, eos_token_id=eos, pad_token_id=pad)
+        ref = ref[:, enc["input_ids"].shape[1]:].repeat_interleave(2, dim=0)
+        decoder = StaticDecoder(model, eos_ids=eos, pad_id=pad, use_cuda_graph=True)
+        out, _ = decoder.generate(enc, 2, 16, temperature=0.0)
+        assert decoder.mode == "graph" and decoder.merged_modules > 0
+        assert torch.equal(out[:, : ref.shape[1]], ref)
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)

@@ -108,3 +108,10 @@ def test_checkpoint_due_when_crossing_multiples():
     assert not _due(cfg, LoopState(step=1, samples=4), 4)
     assert _due(cfg, LoopState(step=2, samples=8), 4)
     assert _due(config(num_steps=2, save_every_samples=0), LoopState(step=2, samples=4), 2)
+
+
+def test_sampler_peek_returns_the_next_take_without_moving():
+    sampler = PromptSampler(list(range(5)), seed=3, cursor=4)  # peeks across an epoch boundary
+    ahead = sampler.peek(3)
+    assert sampler.cursor == 4
+    assert sampler.take(3) == ahead and sampler.cursor == 7

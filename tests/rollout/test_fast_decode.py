@@ -65,3 +65,37 @@ def test_colocated_rollout_groups_scores_and_suppresses(tiny_model_dir, syntheti
     again = rollout.generate(items, 3, step=1)  # same step, same seed: same samples
     assert [c.completion_ids for c in again["completions"]] == [c.completion_ids for c in completions]
     assert rollout.sync_weights(None, 5) == 0.0 and rollout.versions() == [5]
+    rollout.prefetch(items)  # encoded on a thread ahead of time: used by the next generate, same samples
+    pending = rollout._pending[1]
+    prefetched = rollout.generate(items, 3, step=1)
+    assert pending.done() and rollout._pending is None
+    assert [c.completion_ids for c in prefetched["completions"]] == [c.completion_ids for c in completions]
+    rollout.prefetch(items[:1])  # a prefetch for other prompts is ignored, not misused
+    other = rollout.generate(items, 3, step=1)
+    assert [c.completion_ids for c in other["completions"]] == [c.completion_ids for c in completions]
+    rollout.shutdown()
+
+
+def test_lora_policy_decodes_merged_and_matches_hf_generate(tiny_model_dir, synthetic_dataset):
+    from peft import get_peft_model
+
+    from vlm_rl.models.lora import lora_config
+
+    processor = load_processor(tiny_model_dir)
+    model = get_peft_model(_rough_model(tiny_model_dir), lora_config(8, 16))
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(5)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    base = {n: p.clone() for n, p in model.named_parameters() if "base_layer" in n}
+    items = [PromptItem.from_sample(s) for s in load_jsonl(synthetic_dataset[0]).samples[:2]]
+    enc = encode_prompts(processor, [prepare_prompt(i, 128, "qwen3_vl")[0] for i in items], detection_instruction(None))
+    eos, pad = eos_token_ids(processor, model), processor.tokenizer.pad_token_id
+    ref = model.generate(**enc, do_sample=False, max_new_tokens=16, eos_token_id=eos, pad_token_id=pad)
+    ref = ref[:, enc["input_ids"].shape[1]:].repeat_interleave(2, dim=0)
+    decoder = StaticDecoder(model, eos_ids=eos, pad_id=pad)
+    out, _ = decoder.generate(enc, 2, 16, temperature=0.0)
+    assert decoder.merged_modules == 7 * model.config.text_config.num_hidden_layers
+    assert torch.equal(out[:, : ref.shape[1]], ref)  # the folded adapter samples what the adapter does
+    assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)

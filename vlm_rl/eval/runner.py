@@ -105,6 +105,7 @@ def generate_answers(
     import torch
 
     from vlm_rl.models.loading import image_factor
+    from vlm_rl.models.lora_merge import merged_lora
     from vlm_rl.models.prompts import encode_prompts, end_token_ids
 
     instruction = instruction if instruction is not None else instruction_for(samples)
@@ -113,7 +114,7 @@ def generate_answers(
     tokenizer = getattr(processor, "tokenizer", processor)
     sampling = {} if greedy else {"temperature": temperature, "top_p": 1.0}
     answers: list[str] = []
-    with _progress(progress, len(samples), "generating") as advance, torch.no_grad():
+    with _progress(progress, len(samples), "generating") as advance, torch.no_grad(), merged_lora(model):
         for start in range(0, len(samples), max(1, batch_size)):
             batch = samples[start : start + max(1, batch_size)]
             images = [load_resized(s, max_image_size, factor)[0] for s in batch]

@@ -6,6 +6,7 @@ import torch
 
 from vlm_rl.algos.grpo_loss import grpo_loss
 from vlm_rl.config import BaseConfig, GRPOConfig
+from vlm_rl.learner.compiled_layers import CompiledLayers
 from vlm_rl.learner.engine import export_trainable_weights
 from vlm_rl.learner.policy import completion_logprobs, reference_context
 from vlm_rl.models.prompts import build_policy_inputs, detection_instruction
@@ -31,6 +32,7 @@ class PolicyLearner:
         self.lora = config.lora_r > 0
         self.micro_batch_size = micro_batch_size
         self.device = engine.device
+        self.compiled = CompiledLayers(engine.module, enabled=config.compile_layers)
 
     def _inputs(self, items: list[PromptItem], completion_ids: list[list[int]]) -> dict:
         # A GRPO group shares its prompt: load and encode each image once, then repeat its rows.
@@ -50,6 +52,10 @@ class PolicyLearner:
 
     def grpo_step(self, items: list[PromptItem], completions: list[Completion], advantages: torch.Tensor) -> dict:
         """One optimizer step over this rank's completions (``items[c.prompt_index]`` is each one's prompt)."""
+        with self.compiled.active():
+            return self._grpo_step(items, completions, advantages)
+
+    def _grpo_step(self, items: list[PromptItem], completions: list[Completion], advantages: torch.Tensor) -> dict:
         config: GRPOConfig = self.config  # type: ignore[assignment]
         engine = self.engine
         engine.train()
@@ -95,6 +101,10 @@ class PolicyLearner:
 
     def sft_step(self, items: list[PromptItem], target_ids: list[list[int]]) -> dict:
         """Supervised step: mean negative log-likelihood of the target answer tokens."""
+        with self.compiled.active():
+            return self._sft_step(items, target_ids)
+
+    def _sft_step(self, items: list[PromptItem], target_ids: list[list[int]]) -> dict:
         engine = self.engine
         engine.train()
         total_tokens = sum(len(t) for t in target_ids)

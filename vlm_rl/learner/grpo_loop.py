@@ -143,6 +143,9 @@ def grpo_train(
             rewards = torch.tensor([c.reward for c in completions], dtype=torch.float32)
             advantages = group_advantages(rewards, G, scale=config.scale_rewards)
             my_items, my_completions, my_adv = local_share(items, completions, advantages, rank, world, G)
+            if rank == 0 and step < config.num_steps and hasattr(rollout, "prefetch"):
+                # the next prompts' images are loaded and encoded on the CPU while the GPU trains
+                rollout.prefetch([PromptItem.from_sample(s) for s in sampler.peek(config.prompts_per_step)])
             with timer.time("training"):
                 train_metrics = comm.mean(learner.grpo_step(my_items, my_completions, my_adv))
             with timer.time("weight_sync"):

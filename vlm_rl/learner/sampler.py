@@ -30,3 +30,11 @@ class PromptSampler(Generic[T]):
             out.append(self.items[self._order(epoch)[pos]])
             self.cursor += 1
         return out
+
+    def peek(self, n: int) -> list[T]:
+        """The next ``n`` items ``take`` will return, without moving the cursor (for prefetching)."""
+        cursor = self.cursor
+        try:
+            return self.take(n)
+        finally:
+            self.cursor = cursor

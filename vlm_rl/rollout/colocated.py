@@ -10,6 +10,7 @@ on Qwen3-VL, by HF generate otherwise.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -55,6 +56,8 @@ class ColocatedRollout:
         )
         self.weights_version = 0
         self.last_timings: dict[str, float] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending = None  # (prompts, future of their (prepared, encoding))
 
     def _module(self):
         return getattr(self.model, "module", self.model)  # the PEFT/HF model inside a DeepSpeed engine
@@ -71,8 +74,8 @@ class ColocatedRollout:
     def generate(self, prompts: list[PromptItem], num_generations: int, step: int) -> dict:
         """All completions of a step, ordered by prompt then sample, scored; plus seconds and tokens."""
         t0 = time.perf_counter()
-        prepared = [prepare_prompt(item, self.max_image_size, self.family) for item in prompts]
-        enc = encode_prompts(self.processor, [p[0] for p in prepared], self.instruction).to(self.device)
+        prepared, enc = self._prepared(prompts)
+        enc = enc.to(self.device)
         t_prep = time.perf_counter()
         ids = self._sample(enc, num_generations, step)
         if self.device.type == "cuda":
@@ -91,7 +94,26 @@ class ColocatedRollout:
         ]
         t_end = time.perf_counter()
         self.last_timings = {"prepare": t_prep - t0, "decode": t_gen - t_prep, "score": t_end - t_gen}
+        if self.decoder is not None:  # its split of "decode": LoRA merge, sampling, exact restore
+            self.last_timings.update({f"decode_{k}": v for k, v in self.decoder.last_timings.items()})
         return {"completions": completions, "seconds": t_end - t0, "tokens": sum(len(r) for r in rows)}
+
+    def prefetch(self, prompts: list[PromptItem]) -> None:
+        """Start loading and encoding the next step's prompts on a CPU thread (used by ``generate`` if it
+        gets the same prompts; image decoding and the processor's array work mostly run outside the GIL)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmrl-prefetch")
+        self._pending = (list(prompts), self._pool.submit(self._prepare, list(prompts)))
+
+    def _prepared(self, prompts: list[PromptItem]):
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == list(prompts):
+            return pending[1].result()
+        return self._prepare(prompts)
+
+    def _prepare(self, prompts: list[PromptItem]):
+        prepared = [prepare_prompt(item, self.max_image_size, self.family) for item in prompts]
+        return prepared, encode_prompts(self.processor, [p[0] for p in prepared], self.instruction)
 
     def _sample(self, enc, num_generations: int, step: int) -> torch.Tensor:
         generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + step * 1009)
@@ -140,3 +162,6 @@ class ColocatedRollout:
     def shutdown(self) -> None:
         if self.decoder is not None:
             self.decoder.release()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._pending = None, None

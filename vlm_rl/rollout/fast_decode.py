@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vlm_rl.models.lora_merge import merged_lora
+
 _ATTN_NAME = "vlmrl_decode_gqa"
 
 
@@ -109,7 +111,7 @@ class StaticDecoder:
 
     def __init__(self, model, *, eos_ids: list[int], pad_id: int, suppress_ids: list[int] | tuple = (),
                  use_cuda_graph: bool | None = None, length_multiple: int = 64, compile_step: bool = False,
-                 keep_cache: bool = False):
+                 keep_cache: bool = False, merge_lora: bool = True):
         self.model = model
         self.lm = unwrap_causal_lm(model)
         if not supports_fast_decode(model):
@@ -123,6 +125,7 @@ class StaticDecoder:
         self.use_cuda_graph = use_cuda_graph
         self.length_multiple = length_multiple
         self.keep_cache = keep_cache
+        self.merge_lora = merge_lora
         self.compile_step = compile_step
         self._compiled = None
         self.mode = "eager"
@@ -130,6 +133,7 @@ class StaticDecoder:
         self._cache_kw = "cache" if "cache" in inspect.signature(self.layers[0].forward).parameters \
             else "past_key_values"
         self.last_timings: dict[str, float] = {}
+        self.merged_modules = 0
         _register_attention()
 
     # -- public --------------------------------------------------------------------------------
@@ -141,9 +145,18 @@ class StaticDecoder:
         graphs = device.type == "cuda" if self.use_cuda_graph is None else self.use_cuda_graph
         was_training = self.lm.training
         self.model.eval()
-        try:
-            return self._generate(enc, num_generations, max_new_tokens, temperature, top_p, min_new_tokens,
-                                  generator, graphs)
+        clock = _Clock(device)
+        try:  # LoRA folded into the base weights for prefill and decode, restored exactly afterwards
+            merged = merged_lora(self.model, enabled=self.merge_lora)
+            with merged:
+                self.merged_modules = merged.count
+                clock.lap("merge")
+                result = self._generate(enc, num_generations, max_new_tokens, temperature, top_p, min_new_tokens,
+                                        generator, graphs)
+                clock.lap("sample")
+            clock.lap("unmerge")
+            self.last_timings = clock.laps
+            return result
         finally:
             if not self.keep_cache:  # the static KV would otherwise sit in memory through the training phase
                 self._state = None
@@ -304,6 +317,23 @@ class _attention:
 
     def __exit__(self, *exc):
         self.config._attn_implementation_internal = self.saved
+
+
+class _Clock:
+    """Synchronised wall-clock laps (the merge and restore are GPU work queued behind the caller's)."""
+
+    def __init__(self, device: torch.device):
+        import time
+
+        self._now, self._device, self.laps = time.perf_counter, device, {}
+        self._last = self._now()
+
+    def lap(self, name: str) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        now = self._now()
+        self.laps[name] = now - self._last
+        self._last = now
 
 
 def _cache_layers(cache):

@@ -14,6 +14,7 @@ from vlm_rl.data.resize import load_resized
 from vlm_rl.data.schema import DetObject, Sample
 from vlm_rl.models.coords import to_model_coords
 from vlm_rl.models.loading import image_factor, load_model, load_processor, model_family
+from vlm_rl.models.lora_merge import merged_lora
 from vlm_rl.models.prompts import NEVER_GENERATE, detection_instruction, encode_prompts, end_token_ids
 from vlm_rl.rewards.detection import combined_reward
 from vlm_rl.rollout.types import Completion, PromptItem
@@ -177,19 +178,20 @@ class RolloutWorker:
 
     def _sample(self, images, num_generations: int) -> list[tuple[list[int], list[float]]]:
         enc = encode_prompts(self.processor, images, self.instruction).to(self.device)
-        out = self.model.generate(
-            **enc,
-            do_sample=True,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            max_new_tokens=self.max_new_tokens,
-            num_return_sequences=num_generations,
-            eos_token_id=self.eos_ids,
-            pad_token_id=self.pad_id,
-            suppress_tokens=list(NEVER_GENERATE),
-            return_dict_in_generate=True,
-            output_logits=self.return_logprobs,
-        )
+        with merged_lora(self.model):  # the adapter folded in: no extra LoRA kernels per token
+            out = self.model.generate(
+                **enc,
+                do_sample=True,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                max_new_tokens=self.max_new_tokens,
+                num_return_sequences=num_generations,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+                suppress_tokens=list(NEVER_GENERATE),
+                return_dict_in_generate=True,
+                output_logits=self.return_logprobs,
+            )
         generated = out.sequences[:, enc["input_ids"].shape[1] :].cpu()
         logps = None
         if self.return_logprobs:

@@ -45,7 +45,8 @@ class PolicyLearner:
                 unique.append(item)
                 repeats.append(1)
         images = [prepare_prompt(item, self.config.max_image_size, self.family)[0] for item in unique]
-        batch = build_policy_inputs(self.processor, images, self.instruction, completion_ids, repeats=repeats)
+        batch = build_policy_inputs(self.processor, images, self.instruction, completion_ids, repeats=repeats,
+                                    share_images=True)
         pin = self.device.type == "cuda"  # pinned + non_blocking: the copy does not wait for queued GPU work
         return {k: (v.pin_memory().to(self.device, non_blocking=True) if pin else v.to(self.device))
                 if torch.is_tensor(v) else v for k, v in batch.items()}

@@ -42,9 +42,29 @@ def reference_context(model, lora: bool):
     return contextlib.nullcontext()
 
 
-def model_inputs(batch: dict) -> dict:
+def model_inputs(batch: dict, model=None) -> dict:
+    """The model's keyword arguments for ``batch``. A batch built with ``share_images`` (each image once,
+    ``image_rows`` naming each row's) gets its vision features computed here, once per image, and handed
+    to the model as ``mm_encoder_outputs`` (tuples of per-row references, no copies)."""
     keys = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
-    return {k: batch[k] for k in keys if k in batch}
+    inputs = {k: batch[k] for k in keys if k in batch}
+    if "image_rows" in batch and model is not None:
+        inputs.pop("pixel_values")
+        inputs["mm_encoder_outputs"] = {"image": image_features(model, batch)}
+    return inputs
+
+
+def image_features(model, batch: dict):
+    """Vision tower output for the batch's distinct images, expanded to one entry per row."""
+    core = _causal_lm(model).model
+    frozen = not any(p.requires_grad for p in core.visual.parameters())
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+        features = core.get_image_features(batch["pixel_values"], batch["unique_image_grid_thw"], return_dict=True)
+    rows = list(batch["image_rows"])
+    features.pooler_output = tuple(features.pooler_output[i] for i in rows)
+    if getattr(features, "deepstack_features", None) is not None:
+        features.deepstack_features = [tuple(level[i] for i in rows) for level in features.deepstack_features]
+    return features
 
 
 def completion_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
@@ -61,10 +81,10 @@ def completion_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.T
     if head is not None and hasattr(lm, "model") and not hasattr(head.weight, "ds_id"):
         from vlm_rl.algos.logprobs import chunked_token_logprobs
 
-        hidden = lm.model(**model_inputs(batch), use_cache=False).last_hidden_state
+        hidden = lm.model(**model_inputs(batch, model), use_cache=False).last_hidden_state
         return chunked_token_logprobs(hidden[:, -(width + 1) : -1], head.weight, completion_ids,
                                       temperature=temperature)
-    out = model(**model_inputs(batch), logits_to_keep=width + 1, use_cache=False)
+    out = model(**model_inputs(batch, model), logits_to_keep=width + 1, use_cache=False)
     logits = out.logits[:, :-1, :]
     if temperature != 1.0:
         logits = logits / temperature

@@ -88,6 +88,7 @@ def build_policy_inputs(
     instruction: str | Sequence[str],
     completion_ids: Sequence[Sequence[int]],
     repeats: int | Sequence[int],
+    share_images: bool = False,
 ) -> dict:
     """One row per completion: its prompt (left-padded) then the completion (right-padded).
 
@@ -96,6 +97,9 @@ def build_policy_inputs(
     order, as Qwen VL models expect flattened patches of every row's image), ``completion_mask`` [N, C]
     (1 on real completion tokens) and ``prompt_length`` (int): completion logits are
     ``logits[:, prompt_length - 1 : -1]``.
+
+    ``share_images``: pixel_values hold each image once; ``image_rows`` [N] says which image each row shows
+    and ``unique_image_grid_thw`` their grids, so the vision tower runs once per image (``image_features``).
     """
     counts = [repeats] * len(images) if isinstance(repeats, int) else list(repeats)
     if len(counts) != len(images):
@@ -107,9 +111,12 @@ def build_policy_inputs(
     grid = enc["image_grid_thw"]
     patches_per_image = grid.prod(dim=-1)
     starts = torch.cumsum(patches_per_image, 0) - patches_per_image
-    pixel_values = torch.cat(
-        [enc["pixel_values"][starts[i] : starts[i] + patches_per_image[i]] for i in rows.tolist()]
-    )
+    if share_images:
+        pixel_values = enc["pixel_values"]
+    else:
+        pixel_values = torch.cat(
+            [enc["pixel_values"][starts[i] : starts[i] + patches_per_image[i]] for i in rows.tolist()]
+        )
 
     tokenizer = processor.tokenizer
     pad_id = tokenizer.pad_token_id
@@ -128,6 +135,9 @@ def build_policy_inputs(
         "completion_mask": completion_mask,
         "prompt_length": int(enc["input_ids"].shape[1]),
     }
+    if share_images:
+        out["image_rows"] = rows.tolist()  # a list: reading it never waits for the GPU
+        out["unique_image_grid_thw"] = grid
     if "mm_token_type_ids" in enc:
         mm = enc["mm_token_type_ids"][rows]
         out["mm_token_type_ids"] = torch.cat([mm, torch.zeros_like(completion)], dim=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from vlm_rl.algos.grpo_loss import grpo_loss
@@ -9,7 +11,12 @@ from vlm_rl.config import BaseConfig, GRPOConfig
 from vlm_rl.learner.compiled_layers import CompiledLayers
 from vlm_rl.learner.engine import export_trainable_weights
 from vlm_rl.learner.policy import completion_logprobs, reference_context
-from vlm_rl.models.prompts import build_policy_inputs, detection_instruction
+from vlm_rl.models.prompts import (
+    build_policy_inputs,
+    detection_instruction,
+    encode_prompts,
+    policy_inputs_from_encoding,
+)
 from vlm_rl.rollout.types import Completion, PromptItem
 from vlm_rl.rollout.worker import prepare_prompt
 
@@ -33,6 +40,30 @@ class PolicyLearner:
         self.micro_batch_size = micro_batch_size
         self.device = engine.device
         self.compiled = CompiledLayers(engine.module, enabled=config.compile_layers)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending = None  # (prompts, future of their encoding)
+
+    def prefetch(self, items: list[PromptItem]) -> None:
+        """Start loading and encoding a step's prompts on a CPU thread (while the rollout generates), so the
+        learner's step builds its micro-batches without the image processor."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmrl-learner-prefetch")
+        self._pending = (list(items), self._pool.submit(self._encode, list(items)))
+
+    def _encode(self, items: list[PromptItem]):
+        images = [prepare_prompt(item, self.config.max_image_size, self.family)[0] for item in items]
+        return encode_prompts(self.processor, images, self.instruction)
+
+    def _encoding(self, items: list[PromptItem]):
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0] == list(items):
+            return pending[1].result()
+        return self._encode(items)
+
+    def _to_device(self, batch: dict) -> dict:
+        pin = self.device.type == "cuda"  # pinned + non_blocking: the copy does not wait for queued GPU work
+        return {k: (v.pin_memory().to(self.device, non_blocking=True) if pin else v.to(self.device))
+                if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def _inputs(self, items: list[PromptItem], completion_ids: list[list[int]]) -> dict:
         # A GRPO group shares its prompt: load and encode each image once, then repeat its rows.
@@ -47,9 +78,7 @@ class PolicyLearner:
         images = [prepare_prompt(item, self.config.max_image_size, self.family)[0] for item in unique]
         batch = build_policy_inputs(self.processor, images, self.instruction, completion_ids, repeats=repeats,
                                     share_images=True)
-        pin = self.device.type == "cuda"  # pinned + non_blocking: the copy does not wait for queued GPU work
-        return {k: (v.pin_memory().to(self.device, non_blocking=True) if pin else v.to(self.device))
-                if torch.is_tensor(v) else v for k, v in batch.items()}
+        return self._to_device(batch)
 
     def grpo_step(self, items: list[PromptItem], completions: list[Completion], advantages: torch.Tensor) -> dict:
         """One optimizer step over this rank's completions (``items[c.prompt_index]`` is each one's prompt)."""
@@ -64,9 +93,14 @@ class PolicyLearner:
         sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
         slices = micro_batches(len(completions), self.micro_batch_size)
 
+        encoding = self._encoding(items)  # every prompt of the step, encoded once (usually prefetched)
+        pad_id = self.processor.tokenizer.pad_token_id
+
         def inputs(sl: slice) -> dict:
             chunk = completions[sl]
-            return self._inputs([items[c.prompt_index] for c in chunk], [c.completion_ids for c in chunk])
+            return self._to_device(policy_inputs_from_encoding(
+                encoding, [c.prompt_index for c in chunk], [c.completion_ids for c in chunk], pad_id,
+                share_images=True))
 
         # Metrics stay on the device until the end: no host sync between micro-batches, so the CPU builds
         # the next micro-batch's inputs (image load, processor) while the GPU runs this one's backward.

@@ -136,6 +136,9 @@ def grpo_train(
         step = state.step + 1
         with timer.time("step"):
             items = [PromptItem.from_sample(s) for s in sampler.take(config.prompts_per_step)]
+            if hasattr(learner, "prefetch"):  # this rank's prompts are encoded on a thread during generation
+                per = len(items) // world
+                learner.prefetch(items[rank * per : (rank + 1) * per])
             with timer.time("generation"):
                 out = rollout.generate(items, G, step) if rank == 0 else None
                 out = comm.broadcast(out)

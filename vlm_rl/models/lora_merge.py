@@ -111,9 +111,14 @@ class merged_lora:
     def __enter__(self):
         if not self.enabled:
             return self
-        for module in _lora_linears(self.model, self.adapter):
+        modules = _lora_linears(self.model, self.adapter)
+        fold = lambda m: _run("fold", m.base_layer.weight, _delta(m, self.adapter))  # noqa: E731
+        ahead = fold(modules[0]) if modules else None
+        for i, module in enumerate(modules):
             weight = module.base_layer.weight
-            merged, wrong = _run("fold", weight, _delta(module, self.adapter))
+            merged, wrong = ahead
+            # queue the next module's fold before nonzero() waits: the GPU never idles on the host
+            ahead = fold(modules[i + 1]) if i + 1 < len(modules) else None
             index = wrong.view(-1).nonzero().view(-1)
             entry = _Merged(module, self.adapter, index, weight.view(-1)[index].clone())
             del wrong

@@ -107,19 +107,30 @@ def build_policy_inputs(
     if any(c < 0 for c in counts) or sum(counts) != len(completion_ids):
         raise ValueError(f"repeats: counts {counts} must be >= 0 and sum to the {len(completion_ids)} completions")
     enc = encode_prompts(processor, images, instruction)
-    rows = torch.repeat_interleave(torch.arange(len(images)), torch.tensor(counts))
+    rows = [i for i, c in enumerate(counts) for _ in range(c)]
+    return policy_inputs_from_encoding(enc, rows, completion_ids, processor.tokenizer.pad_token_id, share_images)
+
+
+def policy_inputs_from_encoding(enc, rows: Sequence[int], completion_ids: Sequence[Sequence[int]], pad_id: int,
+                                share_images: bool = False) -> dict:
+    """``build_policy_inputs`` from an existing ``encode_prompts`` output: completion ``r`` follows prompt
+    ``rows[r]`` of ``enc``. Lets a caller encode a step's prompts once (e.g. ahead of time, on a thread)
+    and build each micro-batch from them without the processor."""
+    if len(rows) != len(completion_ids):
+        raise ValueError(f"rows: got {len(rows)} prompt indices for {len(completion_ids)} completions")
     grid = enc["image_grid_thw"]
     patches_per_image = grid.prod(dim=-1)
-    starts = torch.cumsum(patches_per_image, 0) - patches_per_image
-    if share_images:
-        pixel_values = enc["pixel_values"]
+    starts = (torch.cumsum(patches_per_image, 0) - patches_per_image).tolist()
+    sizes = patches_per_image.tolist()
+    used = list(dict.fromkeys(rows))  # distinct prompts in first-use order
+    blocks = used if share_images else list(rows)
+    pixels = enc["pixel_values"]
+    if blocks == list(range(len(sizes))):
+        pixel_values = pixels
     else:
-        pixel_values = torch.cat(
-            [enc["pixel_values"][starts[i] : starts[i] + patches_per_image[i]] for i in rows.tolist()]
-        )
+        pixel_values = torch.cat([pixels[starts[i] : starts[i] + sizes[i]] for i in blocks])
 
-    tokenizer = processor.tokenizer
-    pad_id = tokenizer.pad_token_id
+    index = torch.as_tensor(list(rows), dtype=torch.long)
     width = max((len(c) for c in completion_ids), default=0)
     completion = torch.full((len(completion_ids), width), pad_id, dtype=enc["input_ids"].dtype)
     completion_mask = torch.zeros((len(completion_ids), width), dtype=enc["attention_mask"].dtype)
@@ -128,18 +139,19 @@ def build_policy_inputs(
         completion_mask[r, : len(ids)] = 1
 
     out = {
-        "input_ids": torch.cat([enc["input_ids"][rows], completion], dim=1),
-        "attention_mask": torch.cat([enc["attention_mask"][rows], completion_mask], dim=1),
+        "input_ids": torch.cat([enc["input_ids"][index], completion], dim=1),
+        "attention_mask": torch.cat([enc["attention_mask"][index], completion_mask], dim=1),
         "pixel_values": pixel_values,
-        "image_grid_thw": grid[rows],
+        "image_grid_thw": grid[index],
         "completion_mask": completion_mask,
         "prompt_length": int(enc["input_ids"].shape[1]),
     }
     if share_images:
-        out["image_rows"] = rows.tolist()  # a list: reading it never waits for the GPU
-        out["unique_image_grid_thw"] = grid
+        local = {prompt: k for k, prompt in enumerate(used)}
+        out["image_rows"] = [local[r] for r in rows]  # a list: reading it never waits for the GPU
+        out["unique_image_grid_thw"] = grid[torch.as_tensor(used, dtype=torch.long)]
     if "mm_token_type_ids" in enc:
-        mm = enc["mm_token_type_ids"][rows]
+        mm = enc["mm_token_type_ids"][index]
         out["mm_token_type_ids"] = torch.cat([mm, torch.zeros_like(completion)], dim=1)
     return out
 

@@ -90,7 +90,8 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, genera
         scores.index_fill_(-1, banned, float("-inf"))
     if temperature <= 0:
         return scores.argmax(dim=-1)
-    scores = scores / temperature
+    if temperature != 1.0:
+        scores = scores / temperature
     if top_p < 1.0:
         sorted_scores, order = scores.sort(dim=-1, descending=True)
         cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
@@ -152,8 +153,8 @@ class StaticDecoder:
                 self.merged_modules = merged.count
                 clock.lap("merge")
                 result = self._generate(enc, num_generations, max_new_tokens, temperature, top_p, min_new_tokens,
-                                        generator, graphs)
-                clock.lap("sample")
+                                        generator, graphs, clock)
+                clock.lap("decode")
             clock.lap("unmerge")
             self.last_timings = clock.laps
             return result
@@ -168,7 +169,7 @@ class StaticDecoder:
         self._state = None
 
     # -- internals -----------------------------------------------------------------------------
-    def _generate(self, enc, G, T, temperature, top_p, min_new_tokens, generator, graphs):
+    def _generate(self, enc, G, T, temperature, top_p, min_new_tokens, generator, graphs, clock=None):
         device = enc["input_ids"].device
         n, prompt_len = enc["input_ids"].shape
         rows = n * G
@@ -180,7 +181,11 @@ class StaticDecoder:
         if deltas is None:
             deltas = torch.zeros(n, 1, dtype=torch.long, device=device)
         length = -(-(prompt_len + T) // self.length_multiple) * self.length_multiple
+        if clock is not None:
+            clock.lap("prefill")
         state = self._state_for(rows, length, device, graphs)
+        if clock is not None:
+            clock.lap("capture")  # static buffers (+ CUDA graph capture) for this shape; ~0 when kept
 
         # Load the prompts' KV (each prompt's once, into its G rows) and the mask of real prompt tokens.
         for i, layer_cache in enumerate(_cache_layers(cache)):

@@ -123,7 +123,7 @@ def run_vlmrl(model_dir: Path, train: str, args) -> dict:
         num_generations=args.generations, prompts_per_step=args.prompts, num_steps=args.warmup + args.steps,
         beta=args.beta, loss_type="dapo", max_new_tokens=args.new_tokens, learning_rate=1e-5,
         rollout_mode="colocated", output_dir=tempfile.mkdtemp(prefix="vlmrl-bench-"),
-        micro_batch_size=args.micro_batch, compile_layers=args.compile_learner,
+        micro_batch_size=args.micro_batch, compile_layers=args.compile_learner, compile_decode=args.compile_decode,
     )
     _reset_peak()
     t0 = time.perf_counter()
@@ -140,7 +140,7 @@ def run_vlmrl(model_dir: Path, train: str, args) -> dict:
     learner = PolicyLearner(engine, processor, family, config, labels, micro_batch_size=micro)
     rollout = ColocatedRollout(engine, processor, family, labels=labels, max_image_size=args.image_size,
                                max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, seed=0,
-                               fast=not args.hf_generate, compile_decode=args.compile_decode)
+                               fast=not args.hf_generate, compile_decode=config.compile_decode)
     samples = load_jsonl(train).samples
     rows: list[dict] = []
     phase_peaks: dict[str, float] = {}

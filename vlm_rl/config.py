@@ -132,6 +132,8 @@ class GRPOConfig(BaseConfig):
     sft_warmup_steps: int = Field(0, ge=0, description="supervised steps before GRPO (makes tiny models learnable)")
     rollout_mode: Literal["pool", "colocated"] = Field(
         "pool", description="pool = Ray rollout actors; colocated = the learner's own model samples (1 learner)")
+    compile_decode: bool = Field(False, description="colocated rollout: torch.compile the CUDA-graphed decode "
+                                 "step (GPU; the first rollout compiles for about a minute)")
 
     @property
     def clip_high(self) -> float:

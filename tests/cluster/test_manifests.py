@@ -305,6 +305,13 @@ def test_big_grpo_recipes() -> None:
         assert c.num_learners + c.num_rollout_workers * c.rollout_gpus == 8  # 1n8g
 
 
+def test_one_gpu_colocated_recipe_uses_the_measured_fast_path() -> None:
+    c = load_config(GRPOConfig, RECIPES / "grpo-qwen3vl-8b-1n1g-colocated.yaml", env={})
+    assert (c.rollout_mode, c.num_learners, c.use_gpu, c.bf16) == ("colocated", 1, True, True)
+    assert c.compile_decode and c.compile_layers and c.micro_batch_size == 8 and c.lora_r == 64
+    assert (c.prompts_per_step, c.num_generations, c.max_new_tokens) == (8, 4, 256)  # the bench's settings
+
+
 # ---------------------------------------------------------------- scripts and checkpoints
 
 

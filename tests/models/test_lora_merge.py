@@ -65,3 +65,24 @@ def test_disabled_or_adapterless_model_is_left_alone(tiny_model_dir):
     with merged_lora(model, enabled=False) as merged:
         assert merged.count == 0
         assert not any(getattr(m, "merged", False) for m in model.modules() if hasattr(m, "merged_adapters"))
+
+
+def test_failure_half_way_through_the_merge_restores_what_was_merged(tiny_model_dir, monkeypatch):
+    import vlm_rl.models.lora_merge as lora_merge
+
+    model = _lora_model(tiny_model_dir, torch.bfloat16, b_std=0.5)
+    before = _base_weights(model)
+    real_run, calls = lora_merge._run, {"n": 0}
+
+    def failing(name, *tensors):
+        calls["n"] += 1
+        if name == "fold" and calls["n"] > lora_merge._GROUP + 2:  # after the first group was written
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real_run(name, *tensors)
+
+    monkeypatch.setattr(lora_merge, "_run", failing)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        with merged_lora(model):
+            pass
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+    assert not any(getattr(m, "merged", False) for m in model.modules() if hasattr(m, "merged_adapters"))

@@ -82,6 +82,7 @@ class PolicyLearner:
 
     def grpo_step(self, items: list[PromptItem], completions: list[Completion], advantages: torch.Tensor) -> dict:
         """One optimizer step over this rank's completions (``items[c.prompt_index]`` is each one's prompt)."""
+        self.engine.train()  # before the switch: it picks the checkpointed variant from the train flag
         with self.compiled.active():
             return self._grpo_step(items, completions, advantages)
 
@@ -136,6 +137,7 @@ class PolicyLearner:
 
     def sft_step(self, items: list[PromptItem], target_ids: list[list[int]]) -> dict:
         """Supervised step: mean negative log-likelihood of the target answer tokens."""
+        self.engine.train()
         with self.compiled.active():
             return self._sft_step(items, target_ids)
 

@@ -36,7 +36,8 @@ def colocated_rollout(engine, processor, family: str, config: GRPOConfig, labels
         raise ValueError(f"rollout_mode: colocated needs num_learners=1, got {config.num_learners}")
     return ColocatedRollout(engine, processor, family, labels=labels, max_image_size=config.max_image_size,
                             max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                            top_p=config.top_p, format_weight=config.format_weight, seed=config.seed)
+                            top_p=config.top_p, format_weight=config.format_weight, seed=config.seed,
+                            compile_decode=config.compile_decode)
 
 
 def train_grpo_worker(cfg: dict) -> None:

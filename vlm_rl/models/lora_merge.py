@@ -71,6 +71,7 @@ def _unfold(merged: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 
 
 _EAGER = {"fold": _fold, "unfold": _unfold}
+_GROUP = 7  # modules folded between host syncs: one decoder layer's projections (~0.6 GB of temporaries at 8B)
 _compiled: dict[str, object] = {}
 
 
@@ -111,22 +112,27 @@ class merged_lora:
     def __enter__(self):
         if not self.enabled:
             return self
-        modules = _lora_linears(self.model, self.adapter)
-        fold = lambda m: _run("fold", m.base_layer.weight, _delta(m, self.adapter))  # noqa: E731
-        ahead = fold(modules[0]) if modules else None
-        for i, module in enumerate(modules):
-            weight = module.base_layer.weight
-            merged, wrong = ahead
-            # queue the next module's fold before nonzero() waits: the GPU never idles on the host
-            ahead = fold(modules[i + 1]) if i + 1 < len(modules) else None
-            index = wrong.view(-1).nonzero().view(-1)
-            entry = _Merged(module, self.adapter, index, weight.view(-1)[index].clone())
-            del wrong
-            weight.copy_(merged)
-            module.merged_adapters.append(self.adapter)
-            self._merged.append(entry)
-            self.fixups += int(index.numel())
+        try:
+            self._merge(_lora_linears(self.model, self.adapter))
+        except BaseException:  # e.g. out of memory half-way: put back what was merged, then fail
+            self.__exit__()
+            raise
         return self
+
+    def _merge(self, modules: list) -> None:
+        for first in range(0, len(modules), _GROUP):
+            group = modules[first : first + _GROUP]
+            folds = [_run("fold", m.base_layer.weight, _delta(m, self.adapter)) for m in group]
+            # one host sync per group (not per module): the fix-up counts, then fixed-size nonzero
+            counts = torch.stack([wrong.sum() for _, wrong in folds]).tolist()
+            for module, (merged, wrong), count in zip(group, folds, counts):
+                weight = module.base_layer.weight
+                index = torch.nonzero_static(wrong.view(-1), size=int(count)).view(-1)
+                self._merged.append(_Merged(module, self.adapter, index, weight.view(-1)[index].clone()))
+                weight.copy_(merged)
+                module.merged_adapters.append(self.adapter)
+                self.fixups += int(count)
+            del folds
 
     @torch.no_grad()
     def __exit__(self, *exc) -> None:

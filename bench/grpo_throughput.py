@@ -346,9 +346,10 @@ def physical_floor(model_dir: Path, args, bandwidth_tbs: float, peak_tflops: flo
     seq = prompt_tokens + args.new_tokens
     n_active = n_text - n_embed * (1 if tied else 2)  # matmul weights; the vocab projection is counted below
     train_tokens = rows * seq
-    # forward 2N, backward 4N (activations only need input grads under LoRA: ~2N, kept at 4N as the classic
-    # bound), recompute under checkpointing +2N; lm_head only on completion tokens.
-    matmul_flops = 8 * n_active * train_tokens + 6 * n_embed * rows * args.new_tokens
+    # forward 2N + recompute under checkpointing 2N + backward: under LoRA the base weights are frozen, so
+    # only input gradients (2N; the adapter's own GEMMs are <2 % at r=64), else 4N; lm_head on completions.
+    backward = 2 if args.lora_r > 0 else 4
+    matmul_flops = (4 + backward) * n_active * train_tokens + 6 * n_embed * rows * args.new_tokens
     vision_flops = 2 * n_vision * args.prompts * (args.image_size // 16) ** 2 * 2  # prefill + learner fwd
     train_s = (matmul_flops + vision_flops) / (peak_tflops * 1e12)
     prefill_s = 2 * n_active * args.prompts * prompt_tokens / (peak_tflops * 1e12)

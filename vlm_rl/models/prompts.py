@@ -8,6 +8,7 @@ completions under a different context than the one they were sampled from; both 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -63,7 +64,11 @@ def encode_prompts(processor, images: Sequence[Image.Image], instruction: str | 
         processor.apply_chat_template(build_messages(text), tokenize=False, add_generation_prompt=True)
         for text in _instructions(instruction, len(images))
     ]
-    return processor(images=list(images), text=texts, padding=True, padding_side="left", return_tensors="pt")
+    with _PROCESSOR_LOCK:  # prompts are encoded on prefetch threads too; HF tokenizers keep per-call padding state
+        return processor(images=list(images), text=texts, padding=True, padding_side="left", return_tensors="pt")
+
+
+_PROCESSOR_LOCK = threading.Lock()
 
 
 def _box_value(v: float) -> int | float:

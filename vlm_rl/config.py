@@ -106,6 +106,9 @@ class BaseConfig(BaseModel):
                 raise ValueError(f"{name}: file not found: {value}")
         if self.bf16 and not self.use_gpu:
             raise ValueError("bf16: needs use_gpu=true (CPU runs train in float32)")
+        if self.compile_layers and self.zero_stage == 3:
+            raise ValueError("compile_layers: not supported with zero_stage=3 (ZeRO-3 gathers each layer's "
+                             "weights in hooks the compiled layers would bypass); use zero_stage <= 2")
         return self
 
 
@@ -145,6 +148,9 @@ class GRPOConfig(BaseConfig):
             raise ValueError(
                 f"prompts_per_step: {self.prompts_per_step} must be a multiple of num_learners={self.num_learners}"
             )
+        if self.compile_decode and self.rollout_mode != "colocated":
+            raise ValueError("compile_decode: only the colocated rollout compiles its decode step; "
+                             "set rollout_mode=colocated or leave compile_decode off")
         return self
 
 

@@ -52,6 +52,10 @@ CASES: dict[str, tuple[list[str] | None, list[str], str]] = {
     "unknown_key": (None, ["num_generation=4"], "num_generation: Extra inputs are not permitted"),
     "zero_steps": (None, ["num_steps=0"], "num_steps: Input should be greater than or equal to 1"),
     "bf16_on_cpu": (None, ["bf16=true"], "bf16: needs use_gpu=true"),
+    "compile_layers_zero3": (None, ["compile_layers=true", "zero_stage=3"],
+                             "compile_layers: not supported with zero_stage=3"),
+    "compile_decode_pool": (None, ["compile_decode=true", "rollout_mode=pool"],
+                            "compile_decode: only the colocated rollout"),
     "resume_not_a_checkpoint": (None, ["resume=/nonexistent/checkpoint-samples-4"],
                                 "resume: /nonexistent/checkpoint-samples-4 is not a complete checkpoint"),
 }

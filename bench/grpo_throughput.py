@@ -201,6 +201,34 @@ def _track_phase_peak(obj, method: str, key: str, into: dict) -> None:
     setattr(obj, method, wrapped)
 
 
+def run_isolated(framework: str, arch: str, argv: list[str]) -> dict:
+    """``framework`` on ``arch`` in a fresh Python process (same arguments otherwise); its result dict."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
+        out = Path(tmp) / "child.json"
+        child = _without_options(argv, {"--arch": True, "--frameworks": True, "--out": True, "--isolate": False})
+        cmd = [sys.executable, str(Path(__file__).resolve()), *child, "--arch", arch, "--frameworks", framework,
+               "--out", str(out), "--skip-ceilings"]
+        subprocess.run(cmd, check=True)
+        return json.loads(out.read_text())["results"][arch][framework]
+
+
+def _without_options(argv: list[str], options: dict[str, bool]) -> list[str]:
+    """``argv`` minus the named options (``True``: the option takes values, dropped up to the next ``--``)."""
+    kept, skipping = [], False
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name in options:
+            skipping = options[name] and "=" not in token
+            continue
+        if skipping and not token.startswith("--"):
+            continue
+        skipping = False
+        kept.append(token)
+    return kept
+
+
 def _profile_last_call(obj, method: str, calls: int, out: Path) -> None:
     """Profile the ``calls``-th call of ``obj.method`` (the last timed step): the top kernels by GPU time go
     to ``out`` (where the step's time goes, beyond the phase totals). That step's time includes the
@@ -413,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=0,
                         help="vlm-rl sequences per forward/backward (0 = the whole step's batch)")
     parser.add_argument("--model-root", default=os.environ.get("BENCH_MODEL_ROOT", "/tmp/vlmrl-bench-models"))
+    parser.add_argument("--skip-ceilings", action="store_true", help=argparse.SUPPRESS)  # children of --isolate
+    parser.add_argument("--isolate", action="store_true",
+                        help="run each framework in its own child process: every peak-memory figure is then that "
+                             "framework's alone (in one process the second one's set-up still sees the first's "
+                             "leftovers)")
     parser.add_argument("--out", default=None, help="JSON file for all results")
     parser.add_argument("--profile", default=None, help="folder: torch.profiler kernel tables of vlm-rl's last "
                         "step (learner and rollout); that step is excluded from nothing, so use --steps >= 3")
@@ -422,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     train = make_data(root, max(2 * args.prompts, 16), args.image_size)
     report: dict = {"args": vars(args), "device": _device_name(args.device), "results": {}}
-    if args.device == "cuda":
+    if args.device == "cuda" and not args.skip_ceilings:
         bw, flops = measure_ceilings()
         report["measured"] = {"copy_bandwidth_tbs": bw, "bf16_matmul_tflops": flops}
         print(f"{report['device']}: copy {bw:.2f} TB/s, bf16 matmul {flops:.0f} TFLOP/s", flush=True)
@@ -433,7 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         for fw in args.frameworks:
             print(f"== {arch} {fw}", flush=True)
             try:
-                res[fw] = run_trl(model_dir, train, args) if fw == "trl" else run_vlmrl(model_dir, train, args)
+                if args.isolate:
+                    res[fw] = run_isolated(fw, arch, argv if argv is not None else sys.argv[1:])
+                else:
+                    res[fw] = run_trl(model_dir, train, args) if fw == "trl" else run_vlmrl(model_dir, train, args)
             except Exception as exc:  # keep the other measurements of this (expensive) run
                 import traceback
 

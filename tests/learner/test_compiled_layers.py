@@ -32,7 +32,7 @@ def _step(config: GRPOConfig, items, completions, advantages):
 @pytest.mark.slow
 def test_compiled_layers_step_matches_eager(tiny_model_dir, synthetic_dataset, tmp_path):
     base = dict(model_path=str(tiny_model_dir), train_data=str(synthetic_dataset[0]), num_learners=1, lora_r=8,
-                beta=0.0, loss_type="dapo", max_new_tokens=16, max_image_size=96, prompts_per_step=1,
+                beta=0.1, loss_type="dapo", max_new_tokens=16, max_image_size=96, prompts_per_step=1,
                 num_generations=4, rollout_mode="colocated", output_dir=str(tmp_path), learning_rate=1e-3)
     items = [PromptItem.from_sample(load_jsonl(synthetic_dataset[0]).samples[0])]
     completions = [Completion(prompt_index=0, sample_id=items[0].sample_id, text="", completion_ids=ids,
@@ -44,6 +44,7 @@ def test_compiled_layers_step_matches_eager(tiny_model_dir, synthetic_dataset, t
     assert learner.compiled.enabled
     assert metrics["loss"] == pytest.approx(eager_metrics["loss"], rel=1e-4, abs=1e-6)
     assert metrics["grad_norm"] == pytest.approx(eager_metrics["grad_norm"], rel=1e-3)
+    assert metrics["kl"] > 1e-6 and metrics["kl"] == pytest.approx(eager_metrics["kl"], rel=1e-3)  # reference pass
     for name, value in eager_weights.items():
         torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-6)
     # outside the learner's step the layers are plain again, with HF's checkpointing switched back on

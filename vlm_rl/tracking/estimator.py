@@ -12,11 +12,15 @@ text + max_new_tokens; every completion is assumed to run to max_new_tokens, an 
   decoding is memory-bandwidth-bound in principle, but HF ``generate`` was measured at ≈31 ms per step
   for 32 sequences of Qwen3-VL-2B on an H100 against a ≈1.5 ms bandwidth floor, and TRL's 8B step was
   only 1.19x its 2B step — a fixed per-token cost (kernel launches, Python) dominates. The two
-  constants reproduce both measurements. Split over rollout workers.
-* training: 6·N·tokens FLOPs (8·N with gradient checkpointing: one extra forward) plus 2·N·tokens for
-  the reference forward when BETA > 0, over num_learners GPUs at TRAIN_MFU; ZeRO-3 adds
+  constants reproduce both measurements. Split over rollout workers. The one-GPU colocated path on
+  Qwen3-VL decodes every completion of a step in one static CUDA-graph batch at a much smaller fixed cost
+  (FAST_/GRAPH_DECODE_STEP_OVERHEAD_S) and folds LoRA into the weights around each rollout (LORA_FOLD_*).
+* training: forward 2·N·tokens + backward (2·N under LoRA: frozen base weights need input gradients only;
+  4·N for full fine-tuning) + 2·N with gradient checkpointing + 2·N for the reference forward when
+  BETA > 0, over num_learners GPUs at TRAIN_MFU (TRAIN_MFU_COMPILED with compile_layers); ZeRO-3 adds
   ZERO3_COMM_OVERHEAD on more than one GPU.
-* sync: the LoRA adapter (or all weights) to every rollout worker at SYNC_BANDWIDTH + SYNC_LATENCY.
+* sync: the LoRA adapter (or all weights) to every rollout worker at SYNC_BANDWIDTH + SYNC_LATENCY; none
+  when colocated (generation reads the learner's tensors).
 * evaluation (EVAL_STEPS > 0): one greedy completion per validation prompt every EVAL_STEPS steps.
 
 Memory per learner GPU: bf16 weights (+ a reference copy for full fine-tuning with BETA > 0),
@@ -41,6 +45,14 @@ PREFILL_MFU = 0.35  # compute-bound prefill, typical for HF eager/SDPA kernels
 TRAIN_MFU = 0.25  # forward+backward of a ~2-8B model with DeepSpeed, bf16, small micro-batches
 DECODE_STEP_OVERHEAD_S = 0.028  # HF generate per-token fixed cost, measured on H100 (see docstring)
 DECODE_BANDWIDTH_EFFICIENCY = 0.7  # fraction of HBM bandwidth reached streaming weights + KV cache
+# One-GPU colocated path (Qwen3-VL's static CUDA-graph decode, docs/PERFORMANCE.md, H100): 8.6 ms/token at 8B
+# and 3.7 ms at 2B for 32 rows reproduce with this fixed cost; the eager (not compiled) graph measured 9.5 ms
+# at 2B before the LoRA fold.
+FAST_DECODE_STEP_OVERHEAD_S = 0.0008  # compile_decode
+GRAPH_DECODE_STEP_OVERHEAD_S = 0.007  # CUDA graph of the eager step
+LORA_FOLD_S = 0.05  # fold LoRA into the weights before a rollout and restore them after: fixed part
+LORA_FOLD_S_PER_GB = 0.012  # ... plus this per GB of bf16 weights (8B: 0.23 s measured)
+TRAIN_MFU_COMPILED = 0.5  # compile_layers: fused elementwise work; 8B learner 1.80 s measured on H100
 ZERO3_COMM_OVERHEAD = 1.15  # parameter all-gathers not hidden behind compute
 SYNC_BANDWIDTH_GBPS = 5.0  # Ray object store / NCCL broadcast to rollout actors, effective GB/s
 SYNC_LATENCY_S = 0.2  # per sync per worker: ray.get, load_state_dict, cache reset
@@ -94,6 +106,7 @@ class ModelSpec:
     intermediate: int
     vocab: int
     image_factor: int  # pixels per side of one visual token (patch x merge)
+    family: str = "qwen3_vl"  # model_type: the static-graph decode exists for qwen3_vl only
 
 
 VOCAB = 151_936
@@ -102,11 +115,11 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
     "qwen3-vl-4b": ModelSpec("Qwen3-VL-4B", 4.44e9, 2560, 36, 32, 8, 128, 9728, VOCAB, 32),
     "qwen3-vl-8b": ModelSpec("Qwen3-VL-8B", 8.77e9, 4096, 36, 32, 8, 128, 12288, VOCAB, 32),
     "qwen3-vl-32b": ModelSpec("Qwen3-VL-32B", 33.4e9, 5120, 64, 64, 8, 128, 25600, VOCAB, 32),
-    "qwen2.5-vl-3b": ModelSpec("Qwen2.5-VL-3B", 3.75e9, 2048, 36, 16, 2, 128, 11008, VOCAB, 28),
-    "qwen2.5-vl-7b": ModelSpec("Qwen2.5-VL-7B", 8.29e9, 3584, 28, 28, 4, 128, 18944, VOCAB, 28),
-    "qwen2.5-vl-72b": ModelSpec("Qwen2.5-VL-72B", 73.4e9, 8192, 80, 64, 8, 128, 29568, VOCAB, 28),
+    "qwen2.5-vl-3b": ModelSpec("Qwen2.5-VL-3B", 3.75e9, 2048, 36, 16, 2, 128, 11008, VOCAB, 28, "qwen2_5_vl"),
+    "qwen2.5-vl-7b": ModelSpec("Qwen2.5-VL-7B", 8.29e9, 3584, 28, 28, 4, 128, 18944, VOCAB, 28, "qwen2_5_vl"),
+    "qwen2.5-vl-72b": ModelSpec("Qwen2.5-VL-72B", 73.4e9, 8192, 80, 64, 8, 128, 29568, VOCAB, 28, "qwen2_5_vl"),
     "tiny-qwen3-vl": ModelSpec("tiny-qwen3-vl", 10.3e6, 64, 2, 4, 2, 16, 128, VOCAB, 32),
-    "tiny-qwen2.5-vl": ModelSpec("tiny-qwen2.5-vl", 10.3e6, 64, 2, 4, 2, 16, 128, VOCAB, 28),
+    "tiny-qwen2.5-vl": ModelSpec("tiny-qwen2.5-vl", 10.3e6, 64, 2, 4, 2, 16, 128, VOCAB, 28, "qwen2_5_vl"),
 }
 #: Smaller sibling in the same family, for `advise`.
 SMALLER = {
@@ -156,6 +169,7 @@ def _spec_from_config_dir(path: Path) -> ModelSpec:
         intermediate=text.intermediate_size,
         vocab=text.vocab_size,
         image_factor=_FACTORS.get(config.model_type, 28),
+        family=config.model_type,
     )
 
 
@@ -229,34 +243,47 @@ def _model_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[di
     completions = config.prompts_per_step * config.num_generations
     kv_bytes_per_token = 2 * spec.layers * spec.kv_heads * spec.head_dim * BYTES_PER_PARAM
 
+    colocated = config.rollout_mode == "colocated"
+    if colocated and spec.family == "qwen3_vl":  # one batch of every completion, static CUDA-graph decode
+        overhead = FAST_DECODE_STEP_OVERHEAD_S if config.compile_decode else GRAPH_DECODE_STEP_OVERHEAD_S
+        batch_limit = completions
+    else:  # HF generate in rollout batches
+        overhead, batch_limit = DECODE_STEP_OVERHEAD_S, config.rollout_batch_size
+    fold = (LORA_FOLD_S + LORA_FOLD_S_PER_GB * n * BYTES_PER_PARAM / 1e9) if colocated and config.lora_r else 0.0
+
     def generate(num_completions: int, workers: int) -> tuple[float, float]:
         per_worker = math.ceil(num_completions / workers)
-        batch = min(config.rollout_batch_size, per_worker)
+        batch = min(batch_limit, per_worker)
         batches = math.ceil(per_worker / batch)
         prefill = 2 * n * prompt_tokens * per_worker / (peak * PREFILL_MFU)
         avg_context = prompt_tokens + config.max_new_tokens / 2
         step_bytes = n * BYTES_PER_PARAM + kv_bytes_per_token * avg_context * batch
-        step_seconds = DECODE_STEP_OVERHEAD_S + step_bytes / (bandwidth * DECODE_BANDWIDTH_EFFICIENCY)
+        step_seconds = overhead + step_bytes / (bandwidth * DECODE_BANDWIDTH_EFFICIENCY)
         decode = batches * config.max_new_tokens * step_seconds
         kv_gb = kv_bytes_per_token * seq * batch / 1e9
-        return prefill + decode, kv_gb
+        return prefill + decode + fold, kv_gb
 
-    generation, kv_gb = generate(completions, config.num_rollout_workers)
+    workers = 1 if colocated else config.num_rollout_workers
+    generation, kv_gb = generate(completions, workers)
     tokens = completions * seq
-    train_flops = (8 if config.gradient_checkpointing else 6) * n * tokens
+    # forward 2N + backward: with LoRA the base weights are frozen (input gradients only, 2N), else 4N;
+    # gradient checkpointing adds one forward; the reference forward (BETA > 0) another
+    backward = 2 if config.lora_r > 0 else 4
+    train_flops = (2 + backward + (2 if config.gradient_checkpointing else 0)) * n * tokens
     if config.beta > 0:
         train_flops += 2 * n * tokens
-    training = train_flops / (config.num_learners * peak * TRAIN_MFU)
+    mfu = TRAIN_MFU_COMPILED if config.compile_layers else TRAIN_MFU
+    training = train_flops / (config.num_learners * peak * mfu)
     if config.zero_stage == 3 and config.num_learners > 1:
         training *= ZERO3_COMM_OVERHEAD
     trainable = lora_params(spec, config.lora_r) if config.lora_r > 0 else n
-    sync = config.num_rollout_workers * (
+    sync = 0.0 if colocated else workers * (  # colocated: generation reads the learner's own tensors
         SYNC_LATENCY_S + trainable * BYTES_PER_PARAM / (SYNC_BANDWIDTH_GBPS * 1e9)
     )
     phases = {"generation": generation, "training": training, "sync": sync}
     if config.eval_steps > 0:
         # one greedy completion per validation prompt
-        eval_time, _ = generate(_val_size(config), config.num_rollout_workers)
+        eval_time, _ = generate(_val_size(config), workers)
         phases["evaluation"] = eval_time / config.eval_steps
 
     # memory per learner GPU
@@ -280,7 +307,9 @@ def _model_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[di
         "overhead": CUDA_OVERHEAD_GB,
     }
     rollout_gb = n * BYTES_PER_PARAM / 1e9 + kv_gb
-    if config.rollout_gpus >= 1:
+    if colocated:  # the learner's own weights sample: only the static KV cache is added (during rollout)
+        memory["rollout (shared GPU)"] = kv_gb
+    elif config.rollout_gpus >= 1:
         memory["rollout (own GPU)"] = rollout_gb
     else:
         memory["rollout (shared GPU)"] = rollout_gb
@@ -301,11 +330,22 @@ def _assumptions(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> list[str]
         f"hardware {hw.name}: {hw.peak_tflops:g} TFLOPs bf16 dense, {hw.hbm_tbps:g} TB/s, {hw.memory_gb:g} GB",
         f"square {config.max_image_size}px images → {tokens} visual tokens + {PROMPT_TEXT_TOKENS} text tokens",
         f"every completion runs to max_new_tokens={config.max_new_tokens} (upper bound)",
-        f"decode {DECODE_STEP_OVERHEAD_S * 1e3:.0f} ms/token fixed + {DECODE_BANDWIDTH_EFFICIENCY:.0%} of HBM "
-        f"bandwidth (HF generate); prefill/training MFU "
-        f"{PREFILL_MFU:.0%}/{TRAIN_MFU:.0%}",
+        _decode_assumption(config, spec),
+        f"prefill/training MFU {PREFILL_MFU:.0%}/"
+        f"{(TRAIN_MFU_COMPILED if config.compile_layers else TRAIN_MFU):.0%}"
+        + (" (compiled layers)" if config.compile_layers else ""),
         "micro-batch = one prompt's group of completions; excludes startup (Ray, model loading)",
     ]
+
+
+def _decode_assumption(config: GRPOConfig, spec: ModelSpec) -> str:
+    bandwidth = f"{DECODE_BANDWIDTH_EFFICIENCY:.0%} of HBM bandwidth"
+    if config.rollout_mode == "colocated" and spec.family == "qwen3_vl":
+        fixed = FAST_DECODE_STEP_OVERHEAD_S if config.compile_decode else GRAPH_DECODE_STEP_OVERHEAD_S
+        kind = "compiled CUDA-graph" if config.compile_decode else "CUDA-graph"
+        return (f"decode {fixed * 1e3:.1f} ms/token fixed + {bandwidth} ({kind} decode of every completion "
+                "at once, colocated: no weight sync)")
+    return f"decode {DECODE_STEP_OVERHEAD_S * 1e3:.0f} ms/token fixed + {bandwidth} (HF generate)"
 
 
 def estimate(
@@ -389,6 +429,19 @@ class Advice:
 
 def _variants(config: GRPOConfig) -> list[tuple[str, dict[str, Any], str]]:
     out: list[tuple[str, dict[str, Any], str]] = []
+    qwen3 = model_spec(config.model_path).family == "qwen3_vl"
+    if config.num_learners == 1 and config.rollout_mode == "pool" and qwen3:
+        out.append(("one GPU: colocated rollout, compiled decode and learner layers",
+                    {"rollout_mode": "colocated", "compile_decode": True, "compile_layers": True,
+                     "zero_stage": min(config.zero_stage, 2), "rollout_gpus": 0.0},
+                    "the learner's own model samples (no actor, no weight sync); the first step compiles (~2 min)"))
+    elif config.rollout_mode == "colocated" and qwen3 and not (config.compile_decode and config.compile_layers):
+        out.append(("compile the decode step and the learner's layers",
+                    {"compile_decode": True, "compile_layers": True, "zero_stage": min(config.zero_stage, 2)},
+                    "the first step compiles (~2 min)"))
+    if config.rollout_mode == "pool" and not config.compile_layers and config.zero_stage < 3:
+        out.append(("compile the learner's decoder layers", {"compile_layers": True},
+                    "the first step compiles; fuses the learner's elementwise work"))
     if config.max_image_size > 256:
         smaller = max(256, int(config.max_image_size * 0.75) // 32 * 32)
         out.append((f"MAX_IMAGE_SIZE {config.max_image_size} → {smaller}", {"max_image_size": smaller},

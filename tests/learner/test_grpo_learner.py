@@ -31,9 +31,9 @@ def test_prefetched_encoding_gives_the_same_step(tiny_model_dir, synthetic_datas
     plain = _learner(config).grpo_step(items, completions, advantages)
     learner = _learner(config)
     learner.prefetch(items)
-    future = learner._pending[1]
+    future = learner._prefetch.pending[1]
     ahead = learner.grpo_step(items, completions, advantages)
-    assert future.done() and learner._pending is None  # the prefetched encoding was the one used
+    assert future.done() and learner._prefetch.pending is None  # the prefetched encoding was the one used
     assert ahead["loss"] == pytest.approx(plain["loss"], rel=1e-6, abs=1e-9)
     assert ahead["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-6)
     learner.prefetch(items[:1])  # a prefetch for other prompts is not used for these

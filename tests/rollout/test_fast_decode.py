@@ -66,9 +66,9 @@ def test_colocated_rollout_groups_scores_and_suppresses(tiny_model_dir, syntheti
     assert [c.completion_ids for c in again["completions"]] == [c.completion_ids for c in completions]
     assert rollout.sync_weights(None, 5) == 0.0 and rollout.versions() == [5]
     rollout.prefetch(items)  # encoded on a thread ahead of time: used by the next generate, same samples
-    pending = rollout._pending[1]
+    pending = rollout._prefetch.pending[1]
     prefetched = rollout.generate(items, 3, step=1)
-    assert pending.done() and rollout._pending is None
+    assert pending.done() and rollout._prefetch.pending is None
     assert [c.completion_ids for c in prefetched["completions"]] == [c.completion_ids for c in completions]
     rollout.prefetch(items[:1])  # a prefetch for other prompts is ignored, not misused
     other = rollout.generate(items, 3, step=1)

@@ -1,9 +1,9 @@
 """Regional torch.compile of the text decoder layers, switched on only for the learner's forward/backward.
 
 Why: with LoRA the learner's matmuls are already efficient (~85 % of bf16 peak at 8B); what costs is the
-rest of each layer: RMSNorm in float32, rotary, LoRA scaling and adds, SiLU·up: ~12,000 bandwidth-bound
-elementwise kernels per step (at 8B about as much GPU time as every matmul together) plus the CPU time to
-launch them. Compiling one decoder layer fuses those, and every layer reuses the same compiled code.
+rest of each layer: RMSNorm in float32, rotary, LoRA scaling and adds, SiLU·up, each a bandwidth-bound
+elementwise kernel (in the 8B profile 12,000 multiplies alone, and together about as much GPU time as every
+matmul) plus the CPU time to launch them. Compiling one decoder layer fuses those, and every layer reuses the same compiled code.
 
 Gradient checkpointing moves inside the compiled region (``checkpoint(layer._call_impl)``, non-reentrant), as
 torchtitan composes activation checkpointing with per-block compile, so the recomputation is fused too.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 
 from vlm_rl.algos.grpo_loss import grpo_loss
@@ -17,6 +15,7 @@ from vlm_rl.models.prompts import (
     encode_prompts,
     policy_inputs_from_encoding,
 )
+from vlm_rl.rollout.prefetch import Prefetcher
 from vlm_rl.rollout.types import Completion, PromptItem
 from vlm_rl.rollout.worker import prepare_prompt
 
@@ -40,25 +39,16 @@ class PolicyLearner:
         self.micro_batch_size = micro_batch_size
         self.device = engine.device
         self.compiled = CompiledLayers(engine.module, enabled=config.compile_layers)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending = None  # (prompts, future of their encoding)
+        self._prefetch = Prefetcher(self._encode, "vlmrl-learner-prefetch")  # prompts -> their encoding
 
     def prefetch(self, items: list[PromptItem]) -> None:
         """Start loading and encoding a step's prompts on a CPU thread (while the rollout generates), so the
         learner's step builds its micro-batches without the image processor."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmrl-learner-prefetch")
-        self._pending = (list(items), self._pool.submit(self._encode, list(items)))
+        self._prefetch.start(tuple(items))
 
-    def _encode(self, items: list[PromptItem]):
+    def _encode(self, items: tuple[PromptItem, ...]):
         images = [prepare_prompt(item, self.config.max_image_size, self.family)[0] for item in items]
         return encode_prompts(self.processor, images, self.instruction)
-
-    def _encoding(self, items: list[PromptItem]):
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] == list(items):
-            return pending[1].result()
-        return self._encode(items)
 
     def _to_device(self, batch: dict) -> dict:
         pin = self.device.type == "cuda"  # pinned + non_blocking: the copy does not wait for queued GPU work
@@ -94,7 +84,7 @@ class PolicyLearner:
         sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
         slices = micro_batches(len(completions), self.micro_batch_size)
 
-        encoding = self._encoding(items)  # every prompt of the step, encoded once (usually prefetched)
+        encoding = self._prefetch.take(tuple(items))  # every prompt of the step, encoded once (usually prefetched)
         pad_id = self.processor.tokenizer.pad_token_id
 
         def inputs(sl: slice) -> dict:

@@ -1,10 +1,10 @@
 """Fold LoRA into the base weights while sampling, then restore the base weights bit for bit.
 
 Why: during decode every LoRA projection costs two extra small GEMMs and an add per token (at 8B, ~500
-extra kernels per token, ~40 % of the decode step). With the adapter folded in, decode reads one weight
-matrix per projection, as an un-adapted model does. verl and OpenRLHF do the same when they load merged
-weights into vLLM, but they keep a second copy of the model; here the merge is in place, so no memory
-is added.
+extra kernels per token). With the adapter folded in, decode reads one weight matrix per projection, as an
+un-adapted model does: 12.5 → 8.6 ms per token at 8B on an H100 (docs/PERFORMANCE.md). verl and OpenRLHF
+do the same when they load merged weights into vLLM, but they keep a second copy of the model; here the
+merge is in place, so no memory is added.
 
 The catch is exactness: ``W + ΔW`` rounded to bf16 and then ``- ΔW`` rounded again is not always ``W``
 (binade crossings, ties). The base weights are frozen and must not drift step after step, so at merge
@@ -77,7 +77,7 @@ _compiled: dict[str, object] = {}
 
 def _run(name: str, *tensors: torch.Tensor):
     """On CUDA each of ``_fold``/``_unfold`` runs as one fused elementwise kernel (eager, ~8 passes over every
-    weight cost 0.4 s per rollout at 8B). Float add/sub and the bf16 cast round the same way compiled or not,
+    weight took 0.39 s per rollout at 8B). Float add/sub and the bf16 cast round the same way compiled or not,
     and the same function serves the check and the restore."""
     if not tensors[0].is_cuda:
         return _EAGER[name](*tensors)

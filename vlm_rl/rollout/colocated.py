@@ -10,7 +10,6 @@ on Qwen3-VL, by HF generate otherwise.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -18,6 +17,7 @@ from vlm_rl.models.prompts import detection_instruction, encode_prompts
 from vlm_rl.models.tokenizer import SPECIAL_IDS
 from vlm_rl.rewards.detection import combined_reward
 from vlm_rl.rollout.fast_decode import StaticDecoder, supports_fast_decode, unwrap_causal_lm
+from vlm_rl.rollout.prefetch import Prefetcher
 from vlm_rl.rollout.types import Completion, PromptItem
 from vlm_rl.rollout.worker import eos_token_ids, prepare_prompt, trim_at_eos
 
@@ -56,8 +56,7 @@ class ColocatedRollout:
         )
         self.weights_version = 0
         self.last_timings: dict[str, float] = {}
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending = None  # (prompts, future of their (prepared, encoding))
+        self._prefetch = Prefetcher(self._prepare, "vlmrl-rollout-prefetch")  # prompts -> (prepared, encoding)
 
     def _module(self):
         return getattr(self.model, "module", self.model)  # the PEFT/HF model inside a DeepSpeed engine
@@ -74,7 +73,7 @@ class ColocatedRollout:
     def generate(self, prompts: list[PromptItem], num_generations: int, step: int) -> dict:
         """All completions of a step, ordered by prompt then sample, scored; plus seconds and tokens."""
         t0 = time.perf_counter()
-        prepared, enc = self._prepared(prompts)
+        prepared, enc = self._prefetch.take(tuple(prompts))
         enc = enc.to(self.device)
         t_prep = time.perf_counter()
         ids = self._sample(enc, num_generations, step)
@@ -99,17 +98,9 @@ class ColocatedRollout:
         return {"completions": completions, "seconds": t_end - t0, "tokens": sum(len(r) for r in rows)}
 
     def prefetch(self, prompts: list[PromptItem]) -> None:
-        """Start loading and encoding the next step's prompts on a CPU thread (used by ``generate`` if it
-        gets the same prompts; image decoding and the processor's array work mostly run outside the GIL)."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlmrl-prefetch")
-        self._pending = (list(prompts), self._pool.submit(self._prepare, list(prompts)))
-
-    def _prepared(self, prompts: list[PromptItem]):
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] == list(prompts):
-            return pending[1].result()
-        return self._prepare(prompts)
+        """Start loading and encoding the next step's prompts on a CPU thread (``generate`` uses the result if
+        it gets the same prompts)."""
+        self._prefetch.start(tuple(prompts))
 
     def _prepare(self, prompts: list[PromptItem]):
         prepared = [prepare_prompt(item, self.max_image_size, self.family) for item in prompts]
@@ -162,6 +153,4 @@ class ColocatedRollout:
     def shutdown(self) -> None:
         if self.decoder is not None:
             self.decoder.release()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool, self._pending = None, None
+        self._prefetch.close()

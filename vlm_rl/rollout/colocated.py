@@ -93,7 +93,7 @@ class ColocatedRollout:
         ]
         t_end = time.perf_counter()
         self.last_timings = {"prepare": t_prep - t0, "decode": t_gen - t_prep, "score": t_end - t_gen}
-        if self.decoder is not None:  # its split of "decode": LoRA merge, sampling, exact restore
+        if self.decoder is not None:  # its split of "decode": merge, prefill, capture, decode, restore
             self.last_timings.update({f"decode_{k}": v for k, v in self.decoder.last_timings.items()})
         return {"completions": completions, "seconds": t_end - t0, "tokens": sum(len(r) for r in rows)}
 

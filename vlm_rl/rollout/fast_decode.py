@@ -169,7 +169,7 @@ class StaticDecoder:
         self._state = None
 
     # -- internals -----------------------------------------------------------------------------
-    def _generate(self, enc, G, T, temperature, top_p, min_new_tokens, generator, graphs, clock=None):
+    def _generate(self, enc, G, T, temperature, top_p, min_new_tokens, generator, graphs, clock):
         device = enc["input_ids"].device
         n, prompt_len = enc["input_ids"].shape
         rows = n * G
@@ -181,11 +181,9 @@ class StaticDecoder:
         if deltas is None:
             deltas = torch.zeros(n, 1, dtype=torch.long, device=device)
         length = -(-(prompt_len + T) // self.length_multiple) * self.length_multiple
-        if clock is not None:
-            clock.lap("prefill")
+        clock.lap("prefill")
         state = self._state_for(rows, length, device, graphs)
-        if clock is not None:
-            clock.lap("capture")  # static buffers (+ CUDA graph capture) for this shape; ~0 when kept
+        clock.lap("capture")  # static buffers (+ CUDA graph capture) for this shape; ~0 when kept
 
         # Load the prompts' KV (each prompt's once, into its G rows) and the mask of real prompt tokens.
         for i, layer_cache in enumerate(_cache_layers(cache)):

@@ -105,10 +105,10 @@ def summarise(name: str, step_rows: list[dict], args) -> dict:
 def run_vlmrl(model_dir: Path, train: str, args) -> dict:
     from vlm_rl.config import GRPOConfig
     from vlm_rl.data.schema import load_jsonl
+    from vlm_rl.grpo.loop import LoopSinks, grpo_train
     from vlm_rl.learner.engine import build_engine
-    from vlm_rl.learner.grpo_learner import PolicyLearner
-    from vlm_rl.learner.grpo_loop import LoopSinks, grpo_train
     from vlm_rl.learner.policy import build_policy
+    from vlm_rl.learner.policy_learner import PolicyLearner
     from vlm_rl.learner.sampler import PromptSampler
     from vlm_rl.rollout.colocated import ColocatedRollout
 

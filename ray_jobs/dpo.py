@@ -9,7 +9,7 @@ from vlm_rl.config import DPOConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vlm_rl.learner.dpo_job import run_dpo
+    from vlm_rl.dpo.job import run_dpo
 
     return run_entry(
         "dpo", DPOConfig, run_dpo, argv, description=__doc__,

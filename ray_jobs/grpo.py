@@ -9,7 +9,7 @@ from vlm_rl.config import GRPOConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vlm_rl.learner.grpo_job import run_grpo
+    from vlm_rl.grpo.job import run_grpo
 
     return run_entry("grpo", GRPOConfig, run_grpo, argv, description=__doc__)
 

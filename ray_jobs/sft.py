@@ -9,7 +9,7 @@ from vlm_rl.config import SFTConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vlm_rl.learner.sft_job import run_sft
+    from vlm_rl.sft.job import run_sft
 
     return run_entry(
         "sft", SFTConfig, run_sft, argv, description=__doc__,

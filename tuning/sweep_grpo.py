@@ -190,7 +190,7 @@ def run_sweep(
     from ray.tune.search import BasicVariantGenerator
 
     from tuning.trial import grpo_trial
-    from vlm_rl.learner.grpo_job import connect_ray
+    from vlm_rl.learner.job_common import connect_ray
     from vlm_rl.reports.compare import write_report
     from vlm_rl.tracking.mlflow_logger import RunTracker
 

@@ -70,7 +70,7 @@ def grpo_trial(knobs: dict, *, base: dict, sweep_dir: str, parent_run_id: str | 
     from ray import tune
 
     from vlm_rl.config import GRPOConfig
-    from vlm_rl.learner.grpo_job import run_grpo
+    from vlm_rl.grpo.job import run_grpo
 
     context = tune.get_context()
     index = int(str(context.get_trial_id()).rsplit("_", 1)[-1]) if "_" in str(context.get_trial_id()) else 0

@@ -31,11 +31,11 @@ def test_unknown_hardware_and_model_fail_cleanly(capsys):
 
 
 def test_calibrate_falls_back_when_grpo_job_is_missing(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "vlm_rl.learner.grpo_job", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "vlm_rl.grpo.job", None)  # import raises ImportError
     out = tmp_path / "est.json"
     assert main(["estimate", "num_learners=1", "--calibrate", "--output", str(out)]) == 0
     assert "using the documented analytic model" in capsys.readouterr().out
-    assert json.loads(out.read_text())["calibration"]["error"].startswith("vlm_rl.learner.grpo_job unavailable")
+    assert json.loads(out.read_text())["calibration"]["error"].startswith("vlm_rl.grpo.job unavailable")
 
 
 @pytest.mark.slow

@@ -13,9 +13,9 @@ import torch
 
 from vlm_rl.config import GRPOConfig
 from vlm_rl.data.schema import load_jsonl
-from vlm_rl.learner.grpo_learner import PolicyLearner
 from vlm_rl.learner.local_engine import LocalEngine
 from vlm_rl.learner.policy import build_policy
+from vlm_rl.learner.policy_learner import PolicyLearner
 from vlm_rl.models.loading import load_model, load_processor
 from vlm_rl.models.prompts import detection_instruction, encode_prompts
 from vlm_rl.rollout.colocated import ColocatedRollout

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vlm_rl.models.loading import image_factor, model_family, resolve_model_path
+from vlm_rl.models.families import image_factor, model_family
+from vlm_rl.models.loading import resolve_model_path
 
 
 def test_model_family_from_config_dict_and_folder(tiny_model_dir, tiny_qwen25_dir):

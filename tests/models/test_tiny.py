@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from vlm_rl.models.cache import build_once
-from vlm_rl.models.loading import load_model, load_processor, model_family
+from vlm_rl.models.families import model_family
+from vlm_rl.models.loading import load_model, load_processor
 from vlm_rl.models.prompts import detection_instruction, encode_prompts
 from vlm_rl.models.tiny import build_tiny_model, real_architecture_config
 

@@ -103,7 +103,7 @@ class Background:
 @pytest.fixture(scope="session")
 def straight_run(ray_cluster, tmp_path_factory) -> dict:
     """The reference: SETTINGS run to the end with no fault and no resume."""
-    from vlm_rl.learner.grpo_job import run_grpo
+    from vlm_rl.grpo.job import run_grpo
 
     out = tmp_path_factory.mktemp("straight")
     t0 = time.time()

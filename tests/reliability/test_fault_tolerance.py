@@ -31,8 +31,8 @@ from tests.reliability.conftest import (
     max_weight_difference,
     record,
 )
+from vlm_rl.grpo.job import make_rollout_pool, prepare_run, run_grpo
 from vlm_rl.learner.checkpoint import STATE_FILE, list_checkpoints, load_weights, resolve_resume
-from vlm_rl.learner.grpo_job import make_rollout_pool, prepare_run, run_grpo
 
 pytestmark = pytest.mark.slow
 N = SETTINGS["num_steps"]

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.reliability.conftest import Background, grpo_config, logged_steps, record
-from vlm_rl.learner.grpo_job import run_grpo
+from vlm_rl.grpo.job import run_grpo
 
 pytestmark = pytest.mark.slow
 STEPS = 8  # long enough for the restarted server to answer before the run ends

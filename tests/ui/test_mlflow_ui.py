@@ -82,7 +82,7 @@ def grpo_run(ray_cluster, mlflow_server, tmp_path_factory):
     """A 2-step tiny GRPO run; its experiment is created first so artifacts go through the server."""
     from mlflow.tracking import MlflowClient
 
-    from vlm_rl.learner.grpo_job import run_grpo
+    from vlm_rl.grpo.job import run_grpo
 
     MlflowClient(mlflow_server).create_experiment(EXPERIMENT)
     out = tmp_path_factory.mktemp("grpo-ui")

@@ -38,7 +38,7 @@ def run(args) -> int:
                 "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
     settings.update(_kv(item) for item in args.overrides)
     config = load_config(GRPOConfig, None, settings, env={})
-    from vlm_rl.learner.grpo_job import run_grpo
+    from vlm_rl.grpo.job import run_grpo
 
     summary = run_grpo(config)
     print(

@@ -21,7 +21,7 @@ def run(args) -> int:
     if args.pairs:
         args.overrides = [*(args.overrides or []), f"pairs={args.pairs}"]
     config = config_from_args(DPOConfig, args)
-    from vlm_rl.learner.dpo_job import run_dpo
+    from vlm_rl.dpo.job import run_dpo
 
     summary = run_dpo(config, evaluate=args.eval)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))

@@ -32,9 +32,9 @@ def measure_calibration(
 ) -> tuple[Calibration | None, dict]:
     """Run ``run_grpo`` for ``steps`` steps; (calibration, raw result), or (None, {reason}) on failure."""
     try:
-        from vlm_rl.learner.grpo_job import run_grpo
+        from vlm_rl.grpo.job import run_grpo
     except ImportError as exc:
-        return None, {"error": f"vlm_rl.learner.grpo_job unavailable: {exc}"}
+        return None, {"error": f"vlm_rl.grpo.job unavailable: {exc}"}
     short = GRPOConfig.model_validate(
         {**config.model_dump(), "num_steps": steps, "output_dir": str(Path(config.output_dir) / "estimate-calibration"),
          "eval_steps": 0, "save_every_samples": 0, "log_images_every": 0}

@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     config = config_from_args(GRPOConfig, args)
-    from vlm_rl.learner.grpo_job import run_grpo
+    from vlm_rl.grpo.job import run_grpo
 
     summary = run_grpo(config)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))

@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     config = config_from_args(SFTConfig, args)
-    from vlm_rl.learner.sft_job import run_sft
+    from vlm_rl.sft.job import run_sft
 
     summary = run_sft(config, evaluate=not args.no_eval)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))

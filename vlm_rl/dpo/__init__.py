@@ -1,1 +1,1 @@
-"""DPO data: chosen/rejected pairs ranked by detection reward (see ``vlm_rl.dpo.pairs``)."""
+"""DPO: pairs built from ranked rollouts and loaded for the learners, the DPO learner step and job driver."""

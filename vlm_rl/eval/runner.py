@@ -39,7 +39,7 @@ class EvalResult:
 def ground_truth_in_model_coords(sample: Sample, max_image_size: int, family: str) -> list[dict[str, Any]]:
     """The sample's boxes as the model should answer them, without decoding the image."""
     from vlm_rl.models.coords import to_model_coords
-    from vlm_rl.models.loading import image_factor
+    from vlm_rl.models.families import image_factor
 
     w, h = model_image_size(sample.width, sample.height, max_image_size, image_factor(family))
     return [
@@ -64,7 +64,8 @@ def load_for_eval(model_path: str | os.PathLike, device: str | None = None) -> t
     """
     import torch
 
-    from vlm_rl.models.loading import load_model, load_processor, model_family, resolve_model_path
+    from vlm_rl.models.families import model_family
+    from vlm_rl.models.loading import load_model, load_processor, resolve_model_path
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     placement = {"device": device, "dtype": torch.bfloat16 if str(device).startswith("cuda") else torch.float32}
@@ -104,7 +105,7 @@ def generate_answers(
     """One decoded answer per sample (greedy, or sampled at ``temperature``), in sample order."""
     import torch
 
-    from vlm_rl.models.loading import image_factor
+    from vlm_rl.models.families import image_factor
     from vlm_rl.models.lora_merge import merged_lora
     from vlm_rl.models.prompts import encode_prompts, end_token_ids
 

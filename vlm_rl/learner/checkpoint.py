@@ -148,3 +148,11 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         if (path / name).is_file():
             return load_file(str(path / name))
     raise FileNotFoundError(f"{path}: no adapter_model.safetensors or model.safetensors")
+
+
+def log_checkpoint_artifacts(tracker, path: Path, lora: bool) -> None:
+    """LoRA adapters are small: keep them browsable in MLflow (full weights stay on disk, path in a tag)."""
+    if lora:
+        for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json"):
+            if (path / name).is_file():
+                tracker.log_artifact(str(path / name), artifact_path=f"checkpoints/{path.name}")

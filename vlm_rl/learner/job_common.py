@@ -6,6 +6,7 @@ only says what is particular to it (its worker function and its own checks).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from vlm_rl.config import BaseConfig, C, ConfigError
@@ -68,3 +69,21 @@ def worker_device() -> str:
 
         return str(ray.train.torch.get_device())
     return "cpu"
+
+
+def connect_ray(cpus_needed: float = 1) -> None:
+    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a private local one.
+
+    A laptop has fewer cores than a run has actors; the local cluster advertises enough logical CPUs
+    (they time-share the cores, which is fine for the tiny model).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    num_cpus = max(os.cpu_count() or 1, int(cpus_needed + 0.999))
+    ray.init(address="local", num_cpus=num_cpus, logging_level="WARNING")

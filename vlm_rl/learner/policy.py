@@ -7,7 +7,8 @@ import contextlib
 import torch
 
 from vlm_rl.config import BaseConfig
-from vlm_rl.models.loading import load_model, load_processor, model_family, resolve_model_path
+from vlm_rl.models.families import model_family
+from vlm_rl.models.loading import load_model, load_processor, resolve_model_path
 
 
 def build_policy(config: BaseConfig, device: str = "cpu"):

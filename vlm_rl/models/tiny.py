@@ -129,7 +129,7 @@ def build_tiny_model(out_dir: str | os.PathLike, family: str = "qwen3_vl", seed:
     def build(tmp: Path) -> None:
         from transformers import GenerationConfig
 
-        from vlm_rl.models.loading import model_class
+        from vlm_rl.models.families import model_class
         from vlm_rl.models.processor import make_processor
         from vlm_rl.models.tokenizer import load_qwen_tokenizer
 

@@ -13,7 +13,8 @@ import torch
 from vlm_rl.data.resize import load_resized
 from vlm_rl.data.schema import DetObject, Sample
 from vlm_rl.models.coords import to_model_coords
-from vlm_rl.models.loading import image_factor, load_model, load_processor, model_family
+from vlm_rl.models.families import image_factor, model_family
+from vlm_rl.models.loading import load_model, load_processor
 from vlm_rl.models.lora_merge import merged_lora
 from vlm_rl.models.prompts import NEVER_GENERATE, detection_instruction, encode_prompts, end_token_ids
 from vlm_rl.rewards.detection import combined_reward

@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from vlm_rl.config import ConfigError, GRPOConfig
 from vlm_rl.data.schema import DatasetError, load_jsonl
 from vlm_rl.learner.checkpoint import resolve_resume
-from vlm_rl.learner.job_common import make_torch_trainer, prepare_output_and_data
+from vlm_rl.learner.job_common import connect_ray, make_torch_trainer, prepare_output_and_data
 
 
 def prepare_run(config: GRPOConfig) -> tuple[GRPOConfig, list[str]]:
@@ -42,24 +41,6 @@ def rollout_worker_kwargs(config: GRPOConfig, labels: list[str]) -> dict:
     )
 
 
-def connect_ray(cpus_needed: float = 1) -> None:
-    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a private local one.
-
-    A laptop has fewer cores than a run has actors; the local cluster advertises enough logical CPUs
-    (they time-share the cores, which is fine for the tiny model).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    num_cpus = max(os.cpu_count() or 1, int(cpus_needed + 0.999))
-    ray.init(address="local", num_cpus=num_cpus, logging_level="WARNING")
-
-
 def make_rollout_pool(config: GRPOConfig, labels: list[str]):
     from vlm_rl.rollout.pool import RolloutPool
 
@@ -74,7 +55,7 @@ def run_grpo(config: GRPOConfig, *, parent_run_id: str | None = None, run_name: 
     ``pool``: an existing rollout pool (kept alive afterwards, e.g. to inspect its weights); else one is
     made for the run and shut down at the end.
     """
-    from vlm_rl.learner.train_worker import train_grpo_worker
+    from vlm_rl.grpo.worker import train_grpo_worker
 
     config, labels = prepare_run(config)
     connect_ray(config.num_learners * config.cpus_per_learner + config.num_rollout_workers + 1)

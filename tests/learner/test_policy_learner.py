@@ -7,9 +7,9 @@ import torch
 
 from vlm_rl.config import GRPOConfig
 from vlm_rl.data.schema import load_jsonl
-from vlm_rl.learner.grpo_learner import PolicyLearner
 from vlm_rl.learner.local_engine import LocalEngine
 from vlm_rl.learner.policy import build_policy
+from vlm_rl.learner.policy_learner import PolicyLearner
 from vlm_rl.rollout.types import Completion, PromptItem
 
 

@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from vlm_rl.config import ConfigError, DPOConfig
 from vlm_rl.data.schema import load_jsonl
+from vlm_rl.dpo.pairs import load_pairs
 from vlm_rl.eval.runner import ground_truth_in_model_coords, instruction_for
-from vlm_rl.learner.dpo_pairs import load_pairs
 from vlm_rl.models.prompts import answer_text
 
 STEPS = 5
@@ -52,14 +52,14 @@ def test_load_pairs_names_the_bad_row_and_field(tmp_path, dataset):
 
 
 def test_dpo_refuses_full_fine_tuning(tmp_path):
-    from vlm_rl.learner.dpo_job import prepare_dpo
+    from vlm_rl.dpo.job import prepare_dpo
 
     with pytest.raises(ConfigError, match="lora_r"):
         prepare_dpo(DPOConfig(lora_r=0, output_dir=str(tmp_path)))
 
 
 def test_synthetic_pairs_without_a_pairs_file(tmp_path):
-    from vlm_rl.learner.dpo_job import prepare_dpo
+    from vlm_rl.dpo.job import prepare_dpo
 
     config, n_pairs, steps = prepare_dpo(DPOConfig(output_dir=str(tmp_path), synthetic_train_size=6, batch_size=4,
                                                    num_epochs=2, max_image_size=64))
@@ -72,7 +72,7 @@ def test_synthetic_pairs_without_a_pairs_file(tmp_path):
 
 
 def test_dpo_prefers_the_right_answer(ray_cluster, tmp_path, dataset):
-    from vlm_rl.learner.dpo_job import run_dpo
+    from vlm_rl.dpo.job import run_dpo
 
     pairs = tmp_path / "pairs.jsonl"
     make_pairs(dataset, pairs)

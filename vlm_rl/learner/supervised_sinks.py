@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 from vlm_rl.config import BaseConfig
-from vlm_rl.learner.run_sinks import log_checkpoint_artifacts
-from vlm_rl.learner.sft_loop import TrainState
+from vlm_rl.learner.checkpoint import log_checkpoint_artifacts
+from vlm_rl.learner.supervised_loop import TrainState
 
 
 def artifact_location(tracking_uri: str) -> str | None:

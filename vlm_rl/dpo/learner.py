@@ -13,10 +13,10 @@ from PIL import Image
 from vlm_rl.algos.dpo_loss import dpo_loss, sequence_logps
 from vlm_rl.config import DPOConfig
 from vlm_rl.data.resize import model_image_size, open_rgb
-from vlm_rl.learner.dpo_pairs import PairItem
-from vlm_rl.learner.grpo_learner import PolicyLearner, micro_batches
+from vlm_rl.dpo.pairs import PairItem
 from vlm_rl.learner.policy import completion_logprobs, reference_context
-from vlm_rl.models.loading import image_factor
+from vlm_rl.learner.policy_learner import PolicyLearner, micro_batches
+from vlm_rl.models.families import image_factor
 from vlm_rl.models.prompts import build_policy_inputs
 
 METRIC_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin")

@@ -1,7 +1,7 @@
 """The SFT job: LoRA supervised fine-tuning on detection answers, on Ray Train + DeepSpeed learners.
 
 ``run_sft(config) -> dict`` is the one entry point (``vlm-rl sft``, ``ray_jobs/sft.py``). The target of
-each image is the ideal answer (``vlm_rl.learner.sft_targets``): ground-truth boxes in the model's
+each image is the ideal answer (``vlm_rl.sft.targets``): ground-truth boxes in the model's
 coordinates, as JSON, ending with ``<|im_end|>`` — the recommended first stage before GRPO, which then
 starts from ``<output_dir>/final`` (merged) or loads the adapter of a ``checkpoint-samples-N``.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from vlm_rl.config import ConfigError, SFTConfig
 from vlm_rl.data.schema import dataset_labels, load_jsonl
 from vlm_rl.learner.job_common import make_torch_trainer, prepare_output_and_data
-from vlm_rl.learner.sft_loop import total_steps
+from vlm_rl.learner.supervised_loop import total_steps
 
 
 def prepare_sft(config: SFTConfig) -> tuple[SFTConfig, list[str], int]:
@@ -33,9 +33,9 @@ def train_sft_worker(cfg: dict) -> None:
     """Entry point of every learner rank (``TorchTrainer(train_loop_per_worker=...)``)."""
     from vlm_rl.learner.comm import Comm
     from vlm_rl.learner.sampler import PromptSampler
-    from vlm_rl.learner.sft_targets import SFTTargets
-    from vlm_rl.learner.sft_worker import make_learner, per_rank_batch, run_supervised_worker
+    from vlm_rl.learner.supervised_worker import make_learner, per_rank_batch, run_supervised_worker
     from vlm_rl.rollout.types import PromptItem
+    from vlm_rl.sft.targets import SFTTargets
 
     config = SFTConfig(**cfg["config"])
     learner = make_learner(config, cfg["labels"], per_rank_batch(config.batch_size, Comm().world_size))
@@ -58,7 +58,7 @@ def run_sft(config: SFTConfig, *, parent_run_id: str | None = None, run_name: st
 
     ``evaluate``: score ``<output_dir>/final`` on val_data at the end (``eval/*`` metrics in the run).
     """
-    from vlm_rl.learner.grpo_job import connect_ray
+    from vlm_rl.learner.job_common import connect_ray
 
     config, labels, steps = prepare_sft(config)
     connect_ray(config.num_learners * config.cpus_per_learner + 1)

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from vlm_rl.config import GRPOConfig
-from vlm_rl.learner.grpo_loop import LoopSinks, LoopState
+from vlm_rl.grpo.loop import LoopSinks, LoopState
+from vlm_rl.learner.checkpoint import log_checkpoint_artifacts
 from vlm_rl.rollout.types import Completion, PromptItem
 
 #: At the end of a run, how long to wait for an unreachable MLflow to come back before giving up
@@ -15,14 +16,6 @@ from vlm_rl.rollout.types import Completion, PromptItem
 FINAL_FLUSH_WAIT_S = 120.0
 #: Rollout pictures are drawn at least this wide, whatever MAX_IMAGE_SIZE the model sees.
 MIN_PICTURE_SIDE = 320
-
-
-def log_checkpoint_artifacts(tracker, path: Path, lora: bool) -> None:
-    """LoRA adapters are small: keep them browsable in MLflow (full weights stay on disk, path in a tag)."""
-    if lora:
-        for name in ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json"):
-            if (path / name).is_file():
-                tracker.log_artifact(str(path / name), artifact_path=f"checkpoints/{path.name}")
 
 
 def _mean(rows: list[dict], key: str) -> float | None:

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from vlm_rl.config import SFTConfig
 from vlm_rl.learner.checkpoint import list_checkpoints, load_weights
-from vlm_rl.learner.sft_loop import TrainState, checkpoint_due, rank_share, total_steps
+from vlm_rl.learner.supervised_loop import TrainState, checkpoint_due, rank_share, total_steps
 from vlm_rl.models.loading import load_model, load_processor, resolve_model_path
 
 STEPS = 6
@@ -36,7 +36,7 @@ def test_checkpoint_due_on_sample_multiples_and_at_end():
 
 @pytest.fixture(scope="module")
 def sft_run(ray_cluster, tmp_path_factory):
-    from vlm_rl.learner.sft_job import run_sft
+    from vlm_rl.sft.job import run_sft
 
     out = tmp_path_factory.mktemp("sft")
     config = SFTConfig(**SETTINGS, output_dir=str(out))

@@ -6,7 +6,7 @@ import torch
 
 from vlm_rl.config import GRPOConfig
 from vlm_rl.data.schema import DetObject, Sample
-from vlm_rl.learner.grpo_loop import LoopSinks, LoopState, _due, grpo_train, local_share
+from vlm_rl.grpo.loop import LoopSinks, LoopState, _due, grpo_train, local_share
 from vlm_rl.learner.sampler import PromptSampler
 from vlm_rl.rollout.types import Completion, PromptItem
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from vlm_rl.config import ConfigError, DPOConfig
 from vlm_rl.learner.job_common import make_torch_trainer, prepare_output_and_data
-from vlm_rl.learner.sft_loop import total_steps
+from vlm_rl.learner.supervised_loop import total_steps
 
 
 def prepare_dpo(config: DPOConfig) -> tuple[DPOConfig, int, int]:
     """Paths, model, pairs (synthetic when none, validated either way); returns (config, n_pairs, steps)."""
-    from vlm_rl.learner.dpo_pairs import load_pairs, synthetic_pairs, write_pairs
+    from vlm_rl.dpo.pairs import load_pairs, synthetic_pairs, write_pairs
 
     if config.lora_r <= 0:
         raise ConfigError("lora_r: DPO needs LoRA (lora_r > 0): the reference is the model with its adapter disabled")
@@ -27,7 +27,7 @@ def prepare_dpo(config: DPOConfig) -> tuple[DPOConfig, int, int]:
     config = prepare_output_and_data(config, synthetic=config.pairs is None)
     if config.pairs is None:
         from vlm_rl.data.schema import dataset_labels, load_jsonl
-        from vlm_rl.models.loading import model_family
+        from vlm_rl.models.families import model_family
 
         samples = load_jsonl(config.train_data, labels=config.labels).samples
         rows = synthetic_pairs(samples, config.labels or dataset_labels(samples), model_family(config.model_path),
@@ -43,11 +43,11 @@ def prepare_dpo(config: DPOConfig) -> tuple[DPOConfig, int, int]:
 
 def train_dpo_worker(cfg: dict) -> None:
     """Entry point of every learner rank (``TorchTrainer(train_loop_per_worker=...)``)."""
+    from vlm_rl.dpo.learner import DPOLearner
+    from vlm_rl.dpo.pairs import load_pairs
     from vlm_rl.learner.comm import Comm
-    from vlm_rl.learner.dpo_learner import DPOLearner
-    from vlm_rl.learner.dpo_pairs import load_pairs
     from vlm_rl.learner.sampler import PromptSampler
-    from vlm_rl.learner.sft_worker import make_learner, per_rank_batch, run_supervised_worker
+    from vlm_rl.learner.supervised_worker import make_learner, per_rank_batch, run_supervised_worker
 
     config = DPOConfig(**cfg["config"])
     learner = make_learner(config, None, per_rank_batch(config.batch_size, Comm().world_size), DPOLearner)
@@ -65,7 +65,7 @@ def run_dpo(config: DPOConfig, *, parent_run_id: str | None = None, run_name: st
 
     ``evaluate``: score ``<output_dir>/final`` on val_data at the end (``eval/*`` metrics in the run).
     """
-    from vlm_rl.learner.grpo_job import connect_ray
+    from vlm_rl.learner.job_common import connect_ray
 
     config, _, steps = prepare_dpo(config)
     connect_ray(config.num_learners * config.cpus_per_learner + 1)

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from vlm_rl.commands.demo import DEMO_SETTINGS
 from vlm_rl.config import GRPOConfig
+from vlm_rl.grpo.job import make_rollout_pool, prepare_run, run_grpo
 from vlm_rl.learner.checkpoint import load_weights
-from vlm_rl.learner.grpo_job import make_rollout_pool, prepare_run, run_grpo
 from vlm_rl.models.loading import load_model
 
 pytestmark = pytest.mark.slow

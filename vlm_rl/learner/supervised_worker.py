@@ -1,7 +1,7 @@
 """What every SFT/DPO learner rank does around its step function: policy + engine, resume, MLflow,
 checkpoints, the merged ``final/`` export, an optional evaluation, the summary.
 
-``sft_job`` and ``dpo_job`` differ only in the data they sample and the step they take.
+``sft.job`` and ``dpo.job`` differ only in the data they sample and the step they take.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from vlm_rl.config import BaseConfig
 from vlm_rl.learner.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from vlm_rl.learner.comm import Comm
 from vlm_rl.learner.engine import build_engine
-from vlm_rl.learner.grpo_learner import PolicyLearner
 from vlm_rl.learner.job_common import worker_device
 from vlm_rl.learner.policy import build_policy
-from vlm_rl.learner.sft_loop import TrainSinks, TrainState, state_dict, supervised_train
+from vlm_rl.learner.policy_learner import PolicyLearner
+from vlm_rl.learner.supervised_loop import TrainSinks, TrainState, state_dict, supervised_train
 
 FINAL_DIR = "final"
 
@@ -48,7 +48,7 @@ def export_final(learner: PolicyLearner, config: BaseConfig, comm: Comm) -> str 
     weights = learner.export_weights()
     path = None
     if comm.rank == 0:
-        from vlm_rl.learner.sft_export import write_merged_model
+        from vlm_rl.learner.export import write_merged_model
 
         adapter = copy.deepcopy(learner.adapter_config())
         path = str(write_merged_model(config.model_path, weights, Path(config.output_dir) / FINAL_DIR, adapter))
@@ -103,7 +103,7 @@ def run_supervised_worker(
 
     recorder = None
     if comm.rank == 0:
-        from vlm_rl.learner.sft_sinks import RunRecorder
+        from vlm_rl.learner.supervised_sinks import RunRecorder
 
         recorder = RunRecorder(config, algorithm=algorithm, loss_key=loss_key, family=learner.family,
                                run_name=cfg.get("run_name"), parent_run_id=cfg.get("parent_run_id"),

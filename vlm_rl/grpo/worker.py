@@ -10,14 +10,14 @@ import torch
 
 from vlm_rl.config import GRPOConfig
 from vlm_rl.data.schema import load_jsonl
+from vlm_rl.grpo.loop import LoopSinks, LoopState, grpo_train, state_dict
 from vlm_rl.learner.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from vlm_rl.learner.comm import Comm
 from vlm_rl.learner.engine import build_engine
-from vlm_rl.learner.grpo_learner import PolicyLearner
-from vlm_rl.learner.grpo_loop import LoopSinks, LoopState, grpo_train, state_dict
 from vlm_rl.learner.policy import build_policy
+from vlm_rl.learner.policy_learner import PolicyLearner
 from vlm_rl.learner.sampler import PromptSampler
-from vlm_rl.learner.sft_targets import SFTTargets
+from vlm_rl.sft.targets import SFTTargets
 
 
 def _device() -> str:
@@ -79,7 +79,7 @@ def train_grpo_worker(cfg: dict) -> None:
     sinks = LoopSinks()
     run_sinks = None
     if comm.rank == 0:
-        from vlm_rl.learner.run_sinks import RunSinks
+        from vlm_rl.grpo.sinks import RunSinks
 
         run_sinks = RunSinks(config, cfg, family, rollout, resumed_run_id=(saved["run_id"] if checkpoint else None))
         sinks = run_sinks.loop_sinks()

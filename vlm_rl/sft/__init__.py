@@ -1,0 +1,1 @@
+"""SFT: LoRA supervised fine-tuning on ground-truth answers (job driver, targets, export)."""

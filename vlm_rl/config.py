@@ -65,6 +65,8 @@ class BaseConfig(BaseModel):
     num_learners: int = Field(2, ge=1, description="Ray Train workers (DeepSpeed ranks)")
     use_gpu: bool = False
     cpus_per_learner: float = Field(1.0, gt=0)
+    gpus_per_learner: float = Field(1.0, gt=0, le=8, description="GPUs per learner when use_gpu (a fraction "
+                                    "lets a learner share its GPU with rollout actors, e.g. 0.5)")
     zero_stage: Literal[0, 1, 2, 3] = 2
     bf16: bool = False
 
@@ -127,7 +129,14 @@ class GRPOConfig(BaseConfig):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     num_rollout_workers: int = Field(1, ge=1)
-    rollout_gpus: float = Field(0.0, ge=0, description="GPUs per rollout actor (0 on CPU)")
+    rollout_gpus: float = Field(0.0, ge=0, description="GPUs per rollout actor (0 on CPU; a fraction shares a GPU)")
+    rollout_engine: Literal["fast", "hf"] = Field(
+        "fast", description="rollout actors' sampler: fast = static KV cache + CUDA-graphed decode (the colocated "
+        "path's engine; plain static-cache decode on CPU), hf = transformers generate (fallback)")
+    max_staleness: int = Field(0, ge=0, le=8, description="0 = on-policy (sample, then train); k > 0 = the "
+                               "rollout pool samples up to k steps ahead of the learners (asynchronous GRPO)")
+    tis_cap: float = Field(2.0, ge=1.0, description="cap of the truncated importance-sampling weight "
+                           "min(pi_learner/pi_sampler, tis_cap) that corrects sampler/learner mismatch")
     rollout_batch_size: int = Field(64, ge=1, description="completions generated per forward batch")
     format_weight: float = Field(0.5, ge=0)
     eval_steps: int = Field(0, ge=0, description="evaluate every N steps; 0 = off")
@@ -148,6 +157,9 @@ class GRPOConfig(BaseConfig):
             raise ValueError(
                 f"prompts_per_step: {self.prompts_per_step} must be a multiple of num_learners={self.num_learners}"
             )
+        if self.max_staleness and self.rollout_mode != "pool":
+            raise ValueError("max_staleness: asynchronous GRPO needs rollout_mode=pool (the colocated rollout "
+                             "samples with the learner's own model, so it cannot run ahead of it)")
         if self.compile_decode and self.rollout_mode != "colocated":
             raise ValueError("compile_decode: only the colocated rollout compiles its decode step; "
                              "set rollout_mode=colocated or leave compile_decode off")

@@ -70,7 +70,9 @@ def ensure_experiment(tracking_uri: str, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root(tracking_uri))
+    from vlm_rl.tracking.mlflow_logger import CLASSIC_EXPERIMENT_TAGS
+
+    return client.create_experiment(name, artifact_location=artifact_root(tracking_uri), tags=CLASSIC_EXPERIMENT_TAGS)
 
 
 def trial_status(metrics: Mapping[str, Any], error: BaseException | None) -> str:
@@ -194,6 +196,8 @@ def run_sweep(
     from vlm_rl.reports.compare import write_report
     from vlm_rl.tracking.mlflow_logger import RunTracker
 
+    # First: a sweep that cannot fit the cluster fails here, in seconds, before any run is recorded.
+    connect_ray(base, sweep_trials=max_concurrent_trials)
     sweep = Path(sweep_dir or base.output_dir).resolve()
     sweep.mkdir(parents=True, exist_ok=True)
     uri = base.tracking_uri or f"sqlite:///{sweep / 'mlflow.db'}"
@@ -215,7 +219,6 @@ def run_sweep(
                              weights=weights),
         trial_resources(base),
     )
-    connect_ray()
     tuner = tune.Tuner(
         trainable,
         param_space=dict(space),
@@ -304,12 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         space = load_space(args.space)
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples: must be at least 1, got {args.num_samples}")
-    except ConfigError as exc:
+        result = run_sweep(base, space, num_samples=args.num_samples, sweep_dir=args.sweep_dir,
+                           max_concurrent_trials=args.max_concurrent, grace_period=args.grace_period,
+                           reduction_factor=args.reduction_factor, seed=args.seed)
+    except ConfigError as exc:  # a bad config, or a sweep the cluster cannot fit
         print(f"tuning.sweep_grpo: {exc}", file=sys.stderr)
         return 2
-    result = run_sweep(base, space, num_samples=args.num_samples, sweep_dir=args.sweep_dir,
-                       max_concurrent_trials=args.max_concurrent, grace_period=args.grace_period,
-                       reduction_factor=args.reduction_factor, seed=args.seed)
     if result["recommended_path"] is None:
         print("tuning.sweep_grpo: no trial produced a score; see the trials table", file=sys.stderr)
         return 1

@@ -293,6 +293,10 @@ def test_tiny_recipe_is_cpu_and_small() -> None:
     assert c.model_path == "tiny-qwen3-vl" and not c.use_gpu and not c.bf16
     assert (c.num_learners, c.num_rollout_workers, c.rollout_gpus) == (2, 1, 0.0)
     assert c.num_steps <= 5
+    # the documented local cluster of a 2-core machine has 2 CPUs: the recipe must fit it (issue 12)
+    from vlm_rl.learner.resources import run_demand
+
+    assert run_demand(c).total("CPU") <= 2
 
 
 def test_big_grpo_recipes() -> None:

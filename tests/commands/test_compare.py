@@ -27,3 +27,15 @@ def test_compare_unknown_run(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     assert main(["compare", "0123456789abcdef", "--tracking-uri", uri, "--output", str(tmp_path / "r.html")]) == 2
     assert "0123456789abcdef: not a file, directory, or run" in capsys.readouterr().out
+
+
+def test_run_id_without_a_store_says_so_and_creates_no_database(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["compare", "0123456789abcdef"]) == 2
+    out = capsys.readouterr().out
+    assert "--tracking-uri" in out and "MLFLOW_TRACKING_URI" in out
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "report.html").exists()
+    # a sqlite store that does not exist is not created either
+    assert main(["compare", "0123456789abcdef", "--tracking-uri", f"sqlite:///{tmp_path / 'nope.db'}"]) == 2
+    assert "no MLflow store at" in capsys.readouterr().out and not (tmp_path / "nope.db").exists()

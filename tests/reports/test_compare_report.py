@@ -29,7 +29,7 @@ def test_report_from_mlflow_id_and_local_files(tmp_path):
     tracker.set_tags({"health.status": "warning"})
     tracker.finish()
     local = _local_run(tmp_path / "run-b")
-    jsonl = _local_run(tmp_path / "run-c", kl=0.3, params={"beta": "0.0", "lr": "1e-4"}) / "metrics.jsonl"
+    jsonl = _local_run(tmp_path / "run-c", kl=0.3, params={"beta": "0.02", "lr": "1e-4"}) / "metrics.jsonl"
 
     out = write_report([tracker.run_id, str(local), str(jsonl)], tmp_path / "out" / "report.html", uri)
     text = out.read_text()
@@ -53,3 +53,24 @@ def test_summary_values(tmp_path):
     other = load_local_run(_local_run(tmp_path / "s", params={"a": "2", "b": "x"}))
     assert differing_params([run, other]) == ["a", "b"]
     assert "No metrics" not in build_report([run])
+
+
+def test_steps_count_grpo_steps_not_the_sft_warmup(tmp_path):
+    """The demo logs 50 warm-up steps (warmup/*) before 14 GRPO steps: the table says 14 (issue 12)."""
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    with (folder / "metrics.jsonl").open("w") as f:
+        for step in range(1, 51):
+            f.write(json.dumps({"step": step, "name": "warmup/loss", "value": 1.0, "timestamp": step}) + "\n")
+        for step in range(1, 15):
+            for name in ("reward/total", "loss", "kl", "health/alarms"):
+                f.write(json.dumps({"step": step, "name": name, "value": 0.1, "timestamp": step}) + "\n")
+        f.write(json.dumps({"step": 7, "name": "eval/map50", "value": 0.1, "timestamp": 7}) + "\n")
+    assert summarize(load_local_run(folder))["steps"] == 14
+
+
+def test_replayed_health_knows_beta_zero_has_no_kl_to_judge(tmp_path):
+    no_ref = load_local_run(_local_run(tmp_path / "r0", kl=0.0, params={"beta": "0.0"}))
+    with_ref = load_local_run(_local_run(tmp_path / "r1", kl=0.3, params={"beta": "0.04"}))
+    assert summarize(no_ref)["health"] == "ok"
+    assert summarize(with_ref)["health"] == "alarm"

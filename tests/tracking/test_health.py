@@ -58,6 +58,18 @@ def test_kl_near_zero_only_flagged_after_warmup():
     assert [a.code for a in monitor.update(5, {"kl": 0.0})] == ["kl_low"]
 
 
+def test_no_kl_alerts_when_the_config_has_no_reference():
+    """beta=0 (the demo): no reference model, so a KL near zero (or any KL) is no alarm (issue 12)."""
+    from vlm_rl.config import GRPOConfig, load_config
+
+    no_ref = HealthMonitor.for_config(load_config(GRPOConfig, None, {"beta": 0.0}, env={}), echo=False)
+    with_ref = HealthMonitor.for_config(load_config(GRPOConfig, None, {"beta": 0.04}, env={}), echo=False)
+    quiet = [a for s in range(20) for a in no_ref.update(s, {"kl": 0.0 if s < 10 else 0.5})]
+    loud = [a for s in range(20) for a in with_ref.update(s, {"kl": 0.0 if s < 10 else 0.5})]
+    assert quiet == []
+    assert {"kl_low", "kl_alarm"} <= codes(loud)
+
+
 def test_kl_alarm_fires_once_per_excursion():
     def stream(step, rng):
         return {**healthy(step, rng), "kl": 0.5 if 10 <= step < 14 or step == 20 else 0.03}

@@ -142,11 +142,13 @@ def _overlaps(box: tuple[int, int, int, int], others: list[tuple[int, int, int, 
     )
 
 
-def _place(label: str, width: int, height: int, taken: list, rng: np.random.Generator):
-    """A free box for ``label`` (sizes 16 px to ~45% of the short side), or None after a few tries."""
+def _place(label: str, width: int, height: int, taken: list, rng: np.random.Generator,
+           size_range: tuple[float, float] = (0.0, 0.45)):
+    """A free box for ``label`` (16 px up to ``size_range`` of the short side), or None after a few tries."""
     short = min(width, height)
+    low = max(16, int(short * size_range[0]))
     for _ in range(20):
-        size = int(rng.integers(16, max(17, int(short * 0.45))))
+        size = int(rng.integers(low, max(low + 1, int(short * size_range[1]))))
         if label == "traffic_light":
             w, h = max(8, int(size * 0.42)), size
         elif label == "yield_sign":
@@ -162,15 +164,16 @@ def _place(label: str, width: int, height: int, taken: list, rng: np.random.Gene
     return None
 
 
-def make_image(rng: np.random.Generator, width: int, height: int, max_objects: int = 3):
+def make_image(rng: np.random.Generator, width: int, height: int, max_objects: int = 3, *,
+               empty_fraction: float = EMPTY_FRACTION, size_range: tuple[float, float] = (0.0, 0.45)):
     """One picture and its objects (boxes in pixels, tight)."""
     image = _background(width, height, rng)
-    count = 0 if rng.random() < EMPTY_FRACTION or max_objects == 0 else int(rng.integers(1, max_objects + 1))
+    count = 0 if rng.random() < empty_fraction or max_objects == 0 else int(rng.integers(1, max_objects + 1))
     taken: list[tuple[int, int, int, int]] = []
     objects = []
     for _ in range(count):
         label = LABELS[int(rng.integers(0, len(LABELS)))]
-        box = _place(label, width, height, taken, rng)
+        box = _place(label, width, height, taken, rng, size_range)
         if box is None:
             continue
         draw_object(image, label, box, rng)
@@ -179,14 +182,15 @@ def make_image(rng: np.random.Generator, width: int, height: int, max_objects: i
     return image, objects
 
 
-def _make_split(out_dir: Path, split: str, n: int, seed: int, min_size: int, max_size: int, max_objects: int):
+def _make_split(out_dir: Path, split: str, n: int, seed: int, min_size: int, max_size: int, max_objects: int,
+                **image_kwargs):
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     samples = []
     for i in range(n):
         rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
         width, height = (int(v) for v in rng.integers(min_size, max_size + 1, size=2))
-        image, objects = make_image(rng, width, height, max_objects)
+        image, objects = make_image(rng, width, height, max_objects, **image_kwargs)
         path = images_dir / f"{split}_{i:05d}.png"
         image.save(path)
         samples.append(Sample(f"{split}_{i:05d}", str(path.resolve()), width, height, tuple(objects)))
@@ -201,16 +205,27 @@ def make_synthetic_dataset(
     min_size: int = 160,
     max_size: int = 320,
     max_objects: int = 3,
+    *,
+    empty_fraction: float = EMPTY_FRACTION,
+    object_size: tuple[float, float] = (0.0, 0.45),
 ) -> tuple[Path, Path]:
     """Write ``images/*.png`` + ``train.jsonl`` + ``val.jsonl`` under ``out_dir``; same seed, same bytes.
 
-    ``max_objects=1`` makes an easier task that a tiny model learns in minutes (the demo).
+    ``max_objects=1``, ``empty_fraction=0`` and large objects (``object_size``: smallest and largest
+    side as fractions of the image's short side) make an easy task a tiny model learns in minutes (the
+    demo). Images without objects are answered by ``[]``, which a tiny model learns first and then
+    says everywhere: an easy task has none.
     """
     if min_size < 48 or max_size < min_size:
         raise ValueError(f"need 48 <= min_size <= max_size, got {min_size}, {max_size}")
     if n_train < 0 or n_val < 0 or max_objects < 0:
         raise ValueError("n_train, n_val and max_objects must be >= 0")
+    if not 0 <= empty_fraction <= 1:
+        raise ValueError(f"empty_fraction: must be in [0, 1], got {empty_fraction}")
+    if not 0 <= object_size[0] < object_size[1] <= 0.95:
+        raise ValueError(f"object_size: need 0 <= smallest < largest <= 0.95, got {object_size}")
     out_dir = Path(out_dir)
-    train = _make_split(out_dir, "train", n_train, seed, min_size, max_size, max_objects)
-    val = _make_split(out_dir, "val", n_val, seed, min_size, max_size, max_objects)
+    kwargs = dict(empty_fraction=empty_fraction, size_range=tuple(object_size))
+    train = _make_split(out_dir, "train", n_train, seed, min_size, max_size, max_objects, **kwargs)
+    val = _make_split(out_dir, "val", n_val, seed, min_size, max_size, max_objects, **kwargs)
     return train, val

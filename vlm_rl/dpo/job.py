@@ -68,7 +68,7 @@ def run_dpo(config: DPOConfig, *, parent_run_id: str | None = None, run_name: st
     from vlm_rl.learner.job_common import connect_ray
 
     config, _, steps = prepare_dpo(config)
-    connect_ray(config.num_learners * config.cpus_per_learner + 1)
+    connect_ray(config)  # fails in seconds when the run cannot fit the cluster
     trainer = make_torch_trainer(
         train_dpo_worker,
         {"config": config.model_dump(mode="json"), "num_steps": steps, "batch_size": config.batch_size,

@@ -58,7 +58,7 @@ def run_grpo(config: GRPOConfig, *, parent_run_id: str | None = None, run_name: 
     from vlm_rl.grpo.worker import train_grpo_worker
 
     config, labels = prepare_run(config)
-    connect_ray(config.num_learners * config.cpus_per_learner + config.num_rollout_workers + 1)
+    connect_ray(config)  # fails in seconds when the run cannot fit the cluster
     own_pool = pool is None and config.rollout_mode == "pool"  # colocated: the learner samples itself
     pool = make_rollout_pool(config, labels) if own_pool else pool
     trainer = make_torch_trainer(

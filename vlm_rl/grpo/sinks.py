@@ -36,7 +36,7 @@ class RunSinks:
         self.rollout = rollout
         self.output_dir = Path(config.output_dir)
         self.rollouts_file = self.output_dir / "rollouts.jsonl"
-        self.monitor = HealthMonitor()
+        self.monitor = HealthMonitor.for_config(config, echo=False)  # judged for this config; printed below
         self.alerts: list = []
         self.last_checkpoint: str | None = None
         self.started = time.time()

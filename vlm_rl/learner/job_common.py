@@ -13,6 +13,10 @@ from vlm_rl.config import BaseConfig, C, ConfigError
 from vlm_rl.learner.checkpoint import list_checkpoints
 from vlm_rl.models.loading import resolve_model_path
 
+#: Ray Train controller retries (worker group could not start, e.g. waiting for nodes): a bound,
+#: not Ray's default of forever. With a 60 s start timeout this waits ~10 min for an autoscaler.
+CONTROLLER_FAILURE_LIMIT = 10
+
 
 def prepare_output_and_data(config: C, *, synthetic: bool = True) -> C:
     """Absolute output_dir (refusing to overwrite another run's checkpoints), the synthetic dataset when
@@ -55,7 +59,9 @@ def make_torch_trainer(worker, loop_config: dict, config: BaseConfig, name: str,
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         run_config=RunConfig(
             name=name, storage_path=storage_path or str(Path(config.output_dir) / "ray_train"),
-            failure_config=FailureConfig(max_failures=config.max_failures),
+            # Bounded: Ray's default retries a worker group that cannot be placed forever (issue 12).
+            failure_config=FailureConfig(max_failures=config.max_failures,
+                                         controller_failure_limit=CONTROLLER_FAILURE_LIMIT),
         ),
     )
 
@@ -71,19 +77,37 @@ def worker_device() -> str:
     return "cpu"
 
 
-def connect_ray(cpus_needed: float = 1) -> None:
-    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a private local one.
+def connect_ray(need: float | BaseConfig = 1, *, sweep_trials: int = 0) -> None:
+    """Join the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a private local one;
+    then, given the run's config, stop in seconds if the run cannot fit (vlm_rl.learner.resources).
 
-    A laptop has fewer cores than a run has actors; the local cluster advertises enough logical CPUs
-    (they time-share the cores, which is fine for the tiny model).
+    A laptop has fewer cores than a run has actors; the private local cluster advertises enough logical
+    CPUs (they time-share the cores, which is fine for the tiny model). A cluster someone started has
+    the CPUs it was started with, and a run that asks for more would wait forever.
     """
     import ray
 
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    num_cpus = max(os.cpu_count() or 1, int(cpus_needed + 0.999))
-    ray.init(address="local", num_cpus=num_cpus, logging_level="WARNING")
+    from vlm_rl.learner.resources import cluster_capacity, ensure_fits, run_demand
+
+    config = need if isinstance(need, BaseConfig) else None
+    if config is not None:
+        cpus_needed = run_demand(config, sweep_trials=sweep_trials).total("CPU") + 1
+    else:
+        cpus_needed = float(need)
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
+        else:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            num_cpus = max(os.cpu_count() or 1, int(cpus_needed + 0.999))
+            ray.init(address="local", num_cpus=num_cpus, logging_level="WARNING")
+    # Ray Train's print patch sends a worker's print() to its logger AND (when anything wrapped stdout)
+    # to stdout too: every progress line reached the console twice. Plain prints, once (issue 12).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    capacity = cluster_capacity()
+    if not capacity.autoscaling and len([n for n in ray.nodes() if n.get("Alive")]) == 1:
+        # One fixed node: a preemption ends the whole run anyway, so Ray Train's preemption watcher
+        # only adds an error-level log line at start (its actor has max_restarts and object-store args).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    if config is not None:
+        ensure_fits(config, sweep_trials=sweep_trials)

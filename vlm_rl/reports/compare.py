@@ -37,7 +37,11 @@ def health_status(run: RunHistory) -> str:
     for name, points in run.metrics.items():
         for step, value in points:
             steps.setdefault(step, {})[name] = value
-    monitor = HealthMonitor(echo=False)
+    try:  # judged like the run was: without a reference (beta 0) there is no KL to judge
+        beta = float(run.params.get("beta", "nan"))
+    except ValueError:
+        beta = float("nan")
+    monitor = HealthMonitor(echo=False, judge_kl=not beta == 0.0)
     for step in sorted(steps):
         monitor.update(step, steps[step])
     return alerts_to_tags(monitor.alerts)[0]["health.status"]
@@ -51,15 +55,23 @@ def _mean(points: Sequence[tuple[int, float]]) -> float | None:
     return sum(v for _, v in points) / len(points) if points else None
 
 
+def training_steps(run: RunHistory) -> int:
+    """Optimizer steps of the run itself: the steps of its loss/reward curve, not the SFT warm-up's
+    (``warmup/*``, logged on their own step axis) nor eval-only points."""
+    for key in ("reward/total", "loss"):
+        if run.metrics.get(key):
+            return len({s for s, _ in run.metrics[key]})
+    return len({s for name, points in run.metrics.items() if not name.startswith("warmup/") for s, _ in points})
+
+
 def summarize(run: RunHistory) -> dict[str, float | int | str | None]:
     reward = run.metrics.get("reward/total", [])
-    all_steps = {s for points in run.metrics.values() for s, _ in points}
     return {
         "final reward": _last(reward),
         "best reward": max((v for _, v in reward), default=None),
         "mean KL": _mean(run.metrics.get("kl", [])),
         "samples/hour": _last(run.metrics.get("samples_per_hour", [])),
-        "steps": (max(all_steps) + 1) if all_steps else 0,
+        "steps": training_steps(run),
         "health": health_status(run),
     }
 

@@ -61,7 +61,7 @@ def run_sft(config: SFTConfig, *, parent_run_id: str | None = None, run_name: st
     from vlm_rl.learner.job_common import connect_ray
 
     config, labels, steps = prepare_sft(config)
-    connect_ray(config.num_learners * config.cpus_per_learner + 1)
+    connect_ray(config)  # fails in seconds when the run cannot fit the cluster
     trainer = make_torch_trainer(
         train_sft_worker,
         {"config": config.model_dump(mode="json"), "labels": labels, "num_steps": steps,

@@ -77,8 +77,10 @@ class HealthMonitor:
         detection_flat: float = 0.02,
         echo: bool = True,
         console: Console | None = None,
+        judge_kl: bool = True,
     ) -> None:
         self.kl_band, self.kl_alarm, self.window, self.warmup_steps = kl_band, kl_alarm, window, warmup_steps
+        self.judge_kl = judge_kl
         self.trend_corr, self.min_reward_drop, self.collapse_drop = trend_corr, min_reward_drop, collapse_drop
         self.min_reward_std, self.format_rise, self.detection_flat = min_reward_std, format_rise, detection_flat
         self.echo = echo
@@ -91,6 +93,12 @@ class HealthMonitor:
         self._active: set[str] = set()
         self.alerts: list[Alert] = []
 
+    @classmethod
+    def for_config(cls, config, **kwargs) -> HealthMonitor:
+        """A monitor that judges only what the run's config makes meaningful: with ``beta == 0`` there is
+        no reference model, the logged KL is not a training signal, and the KL rules stay silent."""
+        return cls(judge_kl=float(getattr(config, "beta", 0.0) or 0.0) > 0, **kwargs)
+
     # ---------------------------------------------------------------- rules
     def _window(self, name: str) -> list[float] | None:
         values = self._hist.get(name)
@@ -98,7 +106,7 @@ class HealthMonitor:
 
     def _conditions(self, metrics: Mapping[str, float]) -> dict[str, tuple[Severity, str]]:
         found: dict[str, tuple[Severity, str]] = {}
-        kl = metrics.get("kl")
+        kl = metrics.get("kl") if self.judge_kl else None
         low, high = self.kl_band
         if kl is not None:
             if kl > self.kl_alarm:

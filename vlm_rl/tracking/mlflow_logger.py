@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
+from vlm_rl.tracking.ui_links import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
 #: MLflow's limit on a parameter value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
 MAX_PARAM_LENGTH = 6000
 #: Metrics per ``log_batch`` request (MLflow accepts at most 1000).
@@ -30,6 +32,9 @@ HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
 }
+
+#: A training experiment, not a GenAI one: MLflow's UI then opens its runs table (see tracking/ui_links.py).
+CLASSIC_EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
 
 _console = Console(stderr=True)
 T = TypeVar("T")
@@ -215,7 +220,7 @@ class RunTracker:
         if experiment is None:
             try:
                 self._experiment_id = self._client.create_experiment(
-                    self.experiment_name, artifact_location=self.artifact_location
+                    self.experiment_name, artifact_location=self.artifact_location, tags=CLASSIC_EXPERIMENT_TAGS
                 )
             except MlflowException:  # another trial created it first
                 experiment = self._client.get_experiment_by_name(self.experiment_name)

@@ -3,11 +3,17 @@
 Aggregation decides how much each *token* weighs, which changes what the policy learns about length:
 
 * ``grpo``: mean over a sequence's tokens, then over sequences (the paper; long answers' tokens weigh less).
-* ``bnpo``: sum over all tokens / tokens in this batch.
+* ``bnpo``: sum over all tokens / tokens in this batch (a per-micro-batch mean, by definition).
 * ``dapo``: sum over all tokens / ``num_items_in_batch`` (the token count of the whole optimizer step,
   over gradient-accumulation micro-batches and ranks), so every token weighs the same; equals ``bnpo``
   when that count is this batch's.
 * ``dr_grpo``: sum over all tokens / (sequences * ``max_completion_length``): a constant, no length bias.
+
+Given the step's global normalisers (``num_items_in_batch`` for dapo, ``num_sequences_in_batch`` for grpo
+and dr_grpo), the loss of a micro-batch is its *share* of the whole step's loss: the shares of every
+micro-batch on every rank add up to the single-batch loss, whatever the micro-batch sizes. An engine that
+divides each backward by the accumulation steps and averages gradients over ranks must then be handed
+``loss * engine_loss_scale(...)``.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ def grpo_loss(
     loss_type: LossType = "dapo",
     max_completion_length: int | None = None,
     num_items_in_batch: float | torch.Tensor | None = None,
+    num_sequences_in_batch: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scalar loss and detached metrics for completion tokens ``[N, T]``.
 
@@ -63,7 +70,8 @@ def grpo_loss(
     if kl is not None and beta > 0:
         per_token = per_token + beta * kl
 
-    loss = _aggregate(per_token, mask, loss_type, max_completion_length, num_items_in_batch)
+    loss = _aggregate(per_token, mask, loss_type, max_completion_length, num_items_in_batch,
+                      num_sequences_in_batch)
 
     with torch.no_grad():
         r, a = ratio.detach(), advantages.expand_as(ratio)
@@ -86,10 +94,14 @@ def _aggregate(
     loss_type: str,
     max_completion_length: int | None,
     num_items_in_batch: float | torch.Tensor | None,
+    num_sequences_in_batch: int | None = None,
 ) -> torch.Tensor:
     masked = torch.where(mask > 0, per_token * mask, torch.zeros_like(per_token))
+    sequences = per_token.shape[0] if num_sequences_in_batch is None else int(num_sequences_in_batch)
+    if sequences < 1:
+        raise ValueError(f"num_sequences_in_batch: must be >= 1, got {sequences}")
     if loss_type == "grpo":
-        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).sum() / sequences
     if loss_type == "bnpo":
         return masked.sum() / mask.sum().clamp(min=1)
     if loss_type == "dapo":
@@ -100,7 +112,20 @@ def _aggregate(
     length = max_completion_length if max_completion_length is not None else per_token.shape[1]
     if length < 1:
         raise ValueError(f"max_completion_length: must be >= 1, got {length}")
-    return masked.sum() / (per_token.shape[0] * length)
+    return masked.sum() / (sequences * length)
+
+
+def engine_loss_scale(loss_type: str, world_size: int, accumulation: int) -> float:
+    """The factor to multiply a micro-batch's loss by before ``engine.backward``.
+
+    DeepSpeed (and ``LocalEngine``) divide every backward by ``accumulation`` and average gradients over
+    the ``world_size`` data-parallel ranks. A loss computed with the step's global normalisers is already
+    its share of the whole step's loss, so that division is undone. ``bnpo`` is a per-micro-batch mean:
+    the engine's averaging of micro-batch means is its definition, so it is left alone.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type: expected one of {LOSS_TYPES}, got {loss_type!r}")
+    return 1.0 if loss_type == "bnpo" else float(world_size * accumulation)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

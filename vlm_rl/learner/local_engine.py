@@ -3,13 +3,16 @@
 On one device ZeRO has nothing to shard, and DeepSpeed's bf16 optimizer keeps persistent fp32 gradient
 buffers next to its fp32 master weights (memory the one-GPU colocated path needs for activations). Here,
 under bf16, the trainable tensors are bf16 (what the forward and the CUDA-graphed decode read), the fp32
-master copies and AdamW states live beside them, and fp32 gradients exist only inside ``step``. A process
+master copies and AdamW states live beside them. Each bf16 gradient is folded into an fp32 sum the moment
+autograd finishes it (a post-accumulate hook), so micro-batches accumulate in fp32, as DeepSpeed's bf16
+optimizer does, and no bf16 gradient outlives its backward. A process
 may also need two learners on different devices (the GPU tests compare a CUDA step with a CPU step),
 which one DeepSpeed process group cannot serve.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -24,8 +27,10 @@ class LocalEngine:
     ``get_global_grad_norm``, ``save_checkpoint``/``load_checkpoint``: DeepSpeed's semantics, one device.
 
     Like DeepSpeed, ``backward`` divides the loss by ``accumulation`` and ``step`` is a no-op until the
-    ``accumulation``-th call.
+    ``accumulation``-th call; ``global_steps`` counts optimizer steps.
     """
+
+    dp_world_size = 1  # no data parallelism: gradients are never averaged over ranks
 
     def __init__(self, model: torch.nn.Module, config: BaseConfig, device: str | torch.device,
                  accumulation: int = 1):
@@ -44,7 +49,11 @@ class LocalEngine:
         self.optimizer = torch.optim.AdamW(opt_params, lr=config.learning_rate, weight_decay=config.weight_decay)
         if not self.mixed:
             self.masters = []
+        else:
+            for p, master in zip(self.params, self.masters):
+                p.register_post_accumulate_grad_hook(functools.partial(_fold_into_fp32, master))
         self._micro = 0
+        self.global_steps = 0
         self._grad_norm: float | None = None
 
     def __call__(self, *args, **kwargs):
@@ -59,6 +68,9 @@ class LocalEngine:
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.accumulation).backward()
 
+    def gradient_accumulation_steps(self) -> int:
+        return self.accumulation
+
     def is_gradient_accumulation_boundary(self) -> bool:
         return (self._micro + 1) % self.accumulation == 0
 
@@ -69,14 +81,15 @@ class LocalEngine:
             return
         if self.mixed:
             for master, p in zip(self.masters, self.params):
-                master.grad = None if p.grad is None else p.grad.to(torch.float32)
-                p.grad = None
+                if p.grad is not None:  # a gradient written outside autograd's accumulation (no hook fired)
+                    _fold_into_fp32(master, p)
             targets = self.masters
         else:
             targets = self.params
         self._grad_norm = float(torch.nn.utils.clip_grad_norm_(targets, self.max_grad_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.global_steps += 1
         if self.mixed:
             with torch.no_grad():  # in place: the decode graph holds these tensors' addresses
                 torch._foreach_copy_(self.params, self.masters)
@@ -89,6 +102,7 @@ class LocalEngine:
         out = Path(save_dir) / tag
         out.mkdir(parents=True, exist_ok=True)
         state = {"optimizer": self.optimizer.state_dict(), "micro": self._micro,
+                 "global_steps": self.global_steps,
                  "masters": [m.cpu() for m in self.masters],
                  "params": [p.detach().cpu() for p in self.params]}
         torch.save(state, out / _STATE_FILE)
@@ -109,4 +123,16 @@ class LocalEngine:
         if load_optimizer_states:
             self.optimizer.load_state_dict(state["optimizer"])
         self._micro = int(state["micro"])
+        self.global_steps = int(state.get("global_steps", 0))
         return str(path), {}
+
+
+def _fold_into_fp32(master: torch.Tensor, param: torch.Tensor) -> None:
+    """Add ``param``'s (bf16) gradient into ``master.grad`` (fp32) and free it: fp32 accumulation."""
+    if param.grad is None:
+        return
+    if master.grad is None:
+        master.grad = param.grad.to(torch.float32)
+    else:
+        master.grad.add_(param.grad)
+    param.grad = None

@@ -7,7 +7,8 @@ import json
 import sys
 from collections.abc import Callable
 
-from vlm_rl.config import ConfigError, load_config
+from vlm_rl.commands._common import load_config_with_hints, normalise_tokens
+from vlm_rl.config import ConfigError
 
 
 def run_entry(name: str, config_cls, run: Callable, argv: list[str] | None, *,
@@ -20,10 +21,10 @@ def run_entry(name: str, config_cls, run: Callable, argv: list[str] | None, *,
     if add_arguments:
         add_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(normalise_tokens(parser, list(sys.argv[1:] if argv is None else argv)))
     overrides = list(args.overrides) + ([f"resume={args.resume}"] if args.resume else [])
     try:  # a bad config or dataset is rejected here, before any cluster resources are taken
-        config = load_config(config_cls, args.config, overrides)
+        config = load_config_with_hints(config_cls, args.config, overrides)
         summary = run(config, **(run_kwargs(args) if run_kwargs else {}))
     except ConfigError as exc:
         print(f"ray_jobs.{name}: {exc}", file=sys.stderr)

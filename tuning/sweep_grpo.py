@@ -25,7 +25,8 @@ from ray.tune import Stopper
 
 from tuning.objective import ObjectiveWeights
 from tuning.search_spaces import describe_space, load_space
-from vlm_rl.config import ConfigError, GRPOConfig, load_config
+from vlm_rl.commands._common import load_config_with_hints, normalise_tokens
+from vlm_rl.config import ConfigError, GRPOConfig
 
 #: Trial table columns besides the knobs.
 SCORE_COLUMNS = ("objective", "reward_gain", "kl_out_of_band", "loss_oscillation", "reward_collapse", "alarms",
@@ -160,10 +161,13 @@ def print_table(rows: Sequence[Mapping[str, Any]], knobs: Sequence[str]) -> None
     columns = ["trial", "status", *knobs, "objective", "reward_gain", "kl_out_of_band", "loss_oscillation",
                "reward_collapse", "step"]
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # never cut a trial name or a status to "tri…"
     for row in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in (row.get(c) for c in columns)))
-    Console(stderr=True).print(table)
+    console = Console(stderr=True)
+    if not console.is_terminal:  # a log file or a pipe has no width: print the table at its natural width
+        console = Console(stderr=True, width=400)  # the table itself stays as narrow as its content
+    console.print(table)
 
 
 def _reward_points(output_dir: str) -> list[tuple[int, float]]:
@@ -223,7 +227,9 @@ def run_sweep(
         trainable,
         param_space=dict(space),
         tune_config=tune.TuneConfig(
-            metric="objective", mode="max", num_samples=num_samples, max_concurrent_trials=max_concurrent_trials,
+            # the concurrency limit lives in the search algorithm below; Tune ignores (and warns about)
+            # max_concurrent_trials next to a BasicVariantGenerator
+            metric="objective", mode="max", num_samples=num_samples,
             scheduler=ASHAScheduler(time_attr="step", max_t=base.num_steps, grace_period=grace_period,
                                     reduction_factor=reduction_factor),
             search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent_trials),
@@ -253,6 +259,8 @@ def run_sweep(
         recommended_path = None
         if best is not None:
             recommended = recommended_config(base, best, knobs)
+            # absolute, so the recommended file runs from any folder (and on a cluster, see cluster/README.md)
+            recommended = recommended.model_copy(update={"output_dir": str(Path(base.output_dir).resolve())})
             recommended_path = sweep / "recommended.yaml"
             header = (f"# Recommended by GRPO sweep {parent.run_id}: trial {best['trial']} "
                       f"(objective {best['objective']:.4g}, {best['status']})\n")
@@ -301,9 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(normalise_tokens(parser, list(sys.argv[1:] if argv is None else argv)))
     try:
-        base = load_config(GRPOConfig, args.config, args.overrides)
+        base = load_config_with_hints(GRPOConfig, args.config, args.overrides)
         space = load_space(args.space)
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples: must be at least 1, got {args.num_samples}")

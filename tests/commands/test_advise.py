@@ -19,3 +19,10 @@ def test_advise_prints_ranked_speedups(capsys):
 
 def test_advise_bad_hardware(capsys):
     assert main(["advise", "--hardware", "tpu"]) == 2
+
+
+def test_advise_says_what_it_assumed(capsys):
+    assert main(["advise"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "assuming: model tiny-qwen3-vl" in out and "images up to 448 px" in out and "H100" in out
+    assert "--hardware" in out

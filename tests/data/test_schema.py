@@ -121,3 +121,14 @@ def test_write_then_load_round_trips_with_relative_paths(data_dir, tmp_path):
     elsewhere = write_jsonl(samples, tmp_path / "other" / "copy.jsonl")
     assert json.loads(elsewhere.read_text().splitlines()[0])["image"] == str(data_dir / "a.png")
     assert not [p for p in elsewhere.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_malformed_json_message_reads_well(tmp_path):
+    """An unterminated string: "starting at column 11", not "starting at at column 11" (issue 12)."""
+    path = tmp_path / "bad.jsonl"
+    for text, expected in (('{"image": "a.png}', "Unterminated string starting at column 11"),
+                           ('{"image": "a.png}\n', "Invalid control character at column 18")):
+        path.write_text(text)
+        with pytest.raises(DatasetError) as info:
+            load_jsonl(path)
+        assert expected in str(info.value) and "at at" not in str(info.value)

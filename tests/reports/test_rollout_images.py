@@ -52,3 +52,24 @@ def test_rollout_grid_layout():
     assert grid.getpixel((2, 2 + 25 + 2)) == (255, 0, 0)  # second row starts with item 4
     with pytest.raises(ValueError):
         rollout_grid([])
+
+
+def test_rollout_picture_draws_the_models_boxes_labelled_in_another_colour():
+    """What the sinks log: a Qwen3-VL answer (0-1000 coords) on a 64x64 input, enlarged to 320 px."""
+    from vlm_rl.reports.rollout_images import rollout_picture
+
+    image = Image.new("RGB", (64, 64), (128, 128, 128))
+    solution = [{"label": "stop_sign", "bbox_2d": [100, 100, 500, 500]}]
+    answer = ('[{"bbox_2d": [110, 100, 500, 500], "label": "stop_sign"}, '
+              '{"bbox_2d": [600, 600, 900, 900], "label": "yield_sign"}]')
+    picture, marks = rollout_picture(image, solution, answer, "qwen3_vl", title="step 1", reward=1.2)
+    preds = [m for m in marks if m.kind == "pred"]
+    assert [(m.label, m.status) for m in preds] == [("stop_sign", "matched"), ("yield_sign", "wrong")]
+    assert all(m.color != GT_COLOR for m in preds) and "IoU" in preds[0].text
+    assert preds[1].box == pytest.approx((192.0, 192.0, 288.0, 288.0))  # 600/1000 * 64 px * zoom 5
+    assert picture.width == 320 and picture.getpixel((192, 240)) == MISS_COLOR  # drawn where the data says
+    assert [m.status for m in marks if m.kind == "gt"] == ["matched"]
+
+    # a garbled answer: ground truth marked missed, no predicted boxes, the text shown in the caption
+    _, marks = rollout_picture(image, solution, '[{"bbox_2d": [1_sign"}]', "qwen3_vl")
+    assert [(m.kind, m.status) for m in marks] == [("gt", "missed")]

@@ -16,8 +16,22 @@ HELP = "rank config changes that would make GRPO faster, with their estimated sp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
+    add_config_arguments(parser, GRPOConfig)
     parser.add_argument("--hardware", default="h100", help=f"one of {', '.join(HARDWARE)} (default h100)")
+
+
+def assumptions(config: GRPOConfig, hardware: str) -> str:
+    """What the estimate is of: model (and its size), images, batch shape, GPU; and how to change each."""
+    from vlm_rl.tracking.estimator import get_hardware, model_spec
+
+    spec, gpu = model_spec(config.model_path), get_hardware(hardware)
+    return (
+        f"assuming: model {config.model_path} ({spec.params / 1e9:.2f} B parameters), images up to "
+        f"{config.max_image_size} px, {config.prompts_per_step} prompts x {config.num_generations} completions "
+        f"per step, up to {config.max_new_tokens} new tokens, LoRA r={config.lora_r}, {config.num_learners} "
+        f"learner(s) + {config.num_rollout_workers} rollout actor(s) ({config.rollout_mode}), on {gpu.name}\n"
+        "  change with --config FILE.yaml, key=value overrides (model_path=..., max_image_size=...) and --hardware"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         console.print(f"[red]vlm-rl advise: {exc}[/red]")
         return 2
+    console.print(assumptions(config, args.hardware))
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in base.phases.items())
     console.print(f"now: {base.seconds_per_step:.1f} s per step ({phases}), {base.peak_memory_gb:.1f} GB per GPU")
     if not advice:

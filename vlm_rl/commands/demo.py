@@ -12,16 +12,28 @@ from vlm_rl.config import GRPOConfig, load_config
 NAME = "demo"
 HELP = "GRPO on synthetic traffic signs with a tiny Qwen3-VL on local Ray (CPU, no downloads, a few minutes)"
 
-#: A random tiny model cannot find the answer format by sampling alone: a short supervised warm-up
-#: teaches it partly, then GRPO makes it reliable. tests/learner/test_grpo_e2e.py runs exactly these
-#: settings and asserts the reward rise (measured: 0.03 over the first 4 steps → 0.20 over the last 4).
+#: A random tiny model cannot find the answer format by sampling alone: a supervised warm-up teaches it
+#: the JSON shape and rough boxes, then GRPO improves detection. tests/commands/test_demo.py runs the demo
+#: command as a user does and asserts detection reward and val mAP rise.
 DEMO_SETTINGS = dict(
     model_path="tiny-qwen3-vl", lora_r=0, learning_rate=3e-3, num_learners=2, num_rollout_workers=2,
-    prompts_per_step=4, num_generations=4, num_steps=14, sft_warmup_steps=50, max_new_tokens=40,
-    max_image_size=96, beta=0.0, temperature=1.0, zero_stage=2, log_images_every=5, eval_steps=7,
-    synthetic_train_size=48, synthetic_val_size=8, synthetic_max_objects=1, disable_gradient_checkpointing=True,
-    seed=0,
+    prompts_per_step=4, num_generations=4, num_steps=20, sft_warmup_steps=150, max_new_tokens=40,
+    max_image_size=96, beta=0.0, temperature=1.0, zero_stage=2, log_images_every=5, eval_steps=5,
+    format_weight=0.2, synthetic_train_size=64, synthetic_val_size=16, synthetic_max_objects=1,
+    disable_gradient_checkpointing=True, seed=0,
 )
+#: The demo's task: one large stop sign per square picture, never an empty one (a tiny model that
+#: learns "[]" first then answers it everywhere). Real localisation, scored by IoU like any run, but one
+#: a 10 M-parameter model improves on within minutes on a laptop; the full task has 5 labels.
+DEMO_DATA = dict(max_objects=1, empty_fraction=0.0, object_size=(0.6, 0.9), labels=("stop_sign",),
+                 min_size=192, max_size=192)
+
+
+def make_demo_dataset(folder: Path, settings: dict) -> tuple[Path, Path]:
+    from vlm_rl.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(folder, settings["synthetic_train_size"], settings["synthetic_val_size"],
+                                  seed=settings["seed"], **DEMO_DATA)
 
 
 def add_arguments(parser) -> None:
@@ -37,16 +49,32 @@ def run(args) -> int:
     settings = {**DEMO_SETTINGS, "num_steps": args.steps, "output_dir": str(run_dir), "run_name": "demo",
                 "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
     settings.update(_kv(item) for item in args.overrides)
+    if settings.get("train_data") is None:
+        settings["train_data"], settings["val_data"] = (str(p) for p in make_demo_dataset(run_dir / "data", settings))
     config = load_config(GRPOConfig, None, settings, env={})
     from vlm_rl.grpo.job import run_grpo
 
     summary = run_grpo(config)
+    from vlm_rl.tracking.ui_links import browse_lines
+
+    history = summary.get("history") or []
+    half = max(1, len(history) // 2)
+    det = [r.get("reward/detection", 0.0) for r in history]
+    maps = [(r["step"], r["eval/mAP_50"]) for r in history if "eval/mAP_50" in r]
     print(
         f"\nDemo finished: reward {summary['reward_first']:.3f} → {summary['reward_last']:.3f} over "
-        f"{summary['steps']} GRPO steps; checkpoint {summary['checkpoint']}\n"
-        f"Browse it:  mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}  (then open http://127.0.0.1:5000)"
+        f"{summary['steps']} GRPO steps; detection reward {_mean(det[:half]):.3f} (first half) → "
+        f"{_mean(det[half:]):.3f} (second half)"
+        + ("; val mAP@0.5 " + " → ".join(f"{v:.3f} (step {s})" for s, v in maps) if maps else "")
+        + f"\ncheckpoint {summary['checkpoint']}"
     )
+    print("\n".join(browse_lines(config.resolved_tracking_uri, summary.get("run_id"))))
+    print("  (open the links after starting `mlflow ui` as above)")
     return 0
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 def _kv(item: str) -> tuple[str, object]:

@@ -12,7 +12,7 @@ HELP = "DPO training with LoRA on preference pairs (Ray Train + DeepSpeed learne
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser)
+    add_config_arguments(parser, DPOConfig)
     parser.add_argument("--pairs", help="pairs JSONL from `vlm-rl dpo-data` (same as pairs=PATH)")
     parser.add_argument("--eval", action="store_true", help="evaluate <output_dir>/final on val_data at the end")
 

@@ -18,7 +18,7 @@ HELP = "estimate GRPO time per step, total time and peak GPU memory for a config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
+    add_config_arguments(parser, GRPOConfig)
     parser.add_argument("--samples", type=int, default=1000, help="training prompts to process (default 1000)")
     parser.add_argument("--hardware", default="h100", help=f"one of {', '.join(HARDWARE)} (default h100)")
     parser.add_argument("--calibrate", action="store_true",

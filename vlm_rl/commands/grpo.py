@@ -12,7 +12,7 @@ HELP = "GRPO reinforcement learning for detection (rollout actors + DeepSpeed le
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser)
+    add_config_arguments(parser, GRPOConfig)
 
 
 def run(args) -> int:
@@ -21,4 +21,7 @@ def run(args) -> int:
 
     summary = run_grpo(config)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
+    from vlm_rl.tracking.ui_links import browse_lines
+
+    print("\n".join(browse_lines(config.resolved_tracking_uri, summary.get("run_id"))))
     return 0

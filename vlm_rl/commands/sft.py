@@ -12,7 +12,7 @@ HELP = "LoRA supervised fine-tuning on the detection data (the recommended first
 
 
 def add_arguments(parser) -> None:
-    add_config_arguments(parser)
+    add_config_arguments(parser, SFTConfig)
     parser.add_argument("--no-eval", action="store_true", help="skip evaluating <output_dir>/final on val_data")
 
 

@@ -230,7 +230,9 @@ def load_jsonl(
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{where}: json: malformed JSON ({exc.msg} at column {exc.colno})") from exc
+                    # json's msg may end in "at" itself ("Unterminated string starting at")
+                    at = " " if exc.msg.endswith(" at") else " at "
+                    raise DatasetError(f"{where}: json: malformed JSON ({exc.msg}{at}column {exc.colno})") from exc
                 sample = parse_row(
                     row,
                     base_dir=base_dir,

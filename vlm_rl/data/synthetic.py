@@ -165,14 +165,15 @@ def _place(label: str, width: int, height: int, taken: list, rng: np.random.Gene
 
 
 def make_image(rng: np.random.Generator, width: int, height: int, max_objects: int = 3, *,
-               empty_fraction: float = EMPTY_FRACTION, size_range: tuple[float, float] = (0.0, 0.45)):
+               empty_fraction: float = EMPTY_FRACTION, size_range: tuple[float, float] = (0.0, 0.45),
+               labels: tuple[str, ...] = LABELS):
     """One picture and its objects (boxes in pixels, tight)."""
     image = _background(width, height, rng)
     count = 0 if rng.random() < empty_fraction or max_objects == 0 else int(rng.integers(1, max_objects + 1))
     taken: list[tuple[int, int, int, int]] = []
     objects = []
     for _ in range(count):
-        label = LABELS[int(rng.integers(0, len(LABELS)))]
+        label = labels[int(rng.integers(0, len(labels)))]
         box = _place(label, width, height, taken, rng, size_range)
         if box is None:
             continue
@@ -208,12 +209,13 @@ def make_synthetic_dataset(
     *,
     empty_fraction: float = EMPTY_FRACTION,
     object_size: tuple[float, float] = (0.0, 0.45),
+    labels: tuple[str, ...] = LABELS,
 ) -> tuple[Path, Path]:
     """Write ``images/*.png`` + ``train.jsonl`` + ``val.jsonl`` under ``out_dir``; same seed, same bytes.
 
-    ``max_objects=1``, ``empty_fraction=0`` and large objects (``object_size``: smallest and largest
-    side as fractions of the image's short side) make an easy task a tiny model learns in minutes (the
-    demo). Images without objects are answered by ``[]``, which a tiny model learns first and then
+    ``max_objects=1``, ``empty_fraction=0``, large objects (``object_size``: smallest and largest side as
+    fractions of the image's short side) and few ``labels`` make an easy task a tiny model learns in
+    minutes (the demo). Images without objects are answered by ``[]``, which a tiny model learns first and then
     says everywhere: an easy task has none.
     """
     if min_size < 48 or max_size < min_size:
@@ -224,8 +226,11 @@ def make_synthetic_dataset(
         raise ValueError(f"empty_fraction: must be in [0, 1], got {empty_fraction}")
     if not 0 <= object_size[0] < object_size[1] <= 0.95:
         raise ValueError(f"object_size: need 0 <= smallest < largest <= 0.95, got {object_size}")
+    unknown = sorted(set(labels) - set(LABELS))
+    if not labels or unknown:
+        raise ValueError(f"labels: need a non-empty subset of {', '.join(LABELS)}; unknown: {unknown}")
     out_dir = Path(out_dir)
-    kwargs = dict(empty_fraction=empty_fraction, size_range=tuple(object_size))
+    kwargs = dict(empty_fraction=empty_fraction, size_range=tuple(object_size), labels=tuple(labels))
     train = _make_split(out_dir, "train", n_train, seed, min_size, max_size, max_objects, **kwargs)
     val = _make_split(out_dir, "val", n_val, seed, min_size, max_size, max_objects, **kwargs)
     return train, val

@@ -23,6 +23,16 @@ def _mean(rows: list[dict], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def eval_line(step: int, metrics: dict) -> str:
+    """The console line for an evaluation on val_data (keys with or without the ``eval/`` prefix)."""
+    def get(key: str) -> float:
+        return float(metrics.get(f"eval/{key}", metrics.get(key, float("nan"))))
+
+    return (f"[eval] step {step}: mAP@0.5 {get('mAP_50'):.3f} mAP@[.5:.95] {get('mAP_50_95'):.3f} "
+            f"precision {get('precision'):.2f} recall {get('recall'):.2f} format-valid {get('format_valid_rate'):.2f} "
+            f"({get('n_pred'):.0f} boxes predicted for {get('n_gt'):.0f} objects in {get('n_images'):.0f} images)")
+
+
 class RunSinks:
     """Everything rank 0 does besides training; one object so the worker function stays short."""
 
@@ -93,32 +103,24 @@ class RunSinks:
         return detection_instruction(self.labels)
 
     def _picture(self, step: int, items: list[PromptItem], completions: list[Completion]):
-        """The first prompt's group (and one more prompt), drawn as boxes on the model's input image."""
-        from vlm_rl.models.coords import from_model_coords
-        from vlm_rl.reports.rollout_images import draw_detections, rollout_grid
-        from vlm_rl.rewards.parse import parse_detections
+        """The first prompt's group (and one more prompt): ground truth, the model's boxes, the reward."""
+        from vlm_rl.reports.rollout_images import rollout_grid, rollout_picture
         from vlm_rl.rollout.worker import prepare_prompt
 
         pictures = []
         shown = [c for c in completions if c.prompt_index < 2][: 2 * self.config.num_generations]
         for c in shown:
             image, _ = prepare_prompt(items[c.prompt_index], self.config.max_image_size, self.family)
-            zoom = max(1.0, MIN_PICTURE_SIDE / max(image.size))  # small model inputs: enlarge to be readable
-            shown_image = image.resize((round(image.width * zoom), round(image.height * zoom)))
-
-            def to_px(objs, image=image, zoom=zoom):
-                return [{"label": str(o.get("label", "")),
-                         "bbox_2d": [v * zoom for v in from_model_coords(o["bbox_2d"], image.width, image.height,
-                                                                         self.family)]}
-                        for o in objs or []]
-
             title = f"step {step} · reward {c.reward:.2f} (det {c.rewards['detection']:.2f}, fmt {c.rewards['format']:.2f})"
-            pictures.append(draw_detections(shown_image, to_px(c.solution), to_px(parse_detections(c.text)),
-                                            title=title))
+            picture, _ = rollout_picture(image, c.solution, c.text, self.family, title=title,
+                                         min_side=MIN_PICTURE_SIDE)
+            pictures.append(picture)
         return rollout_grid(pictures, columns=self.config.num_generations)
 
     def evaluate(self, step: int) -> dict:
-        return self.rollout.evaluate(self.config.val_data)
+        metrics = self.rollout.evaluate(self.config.val_data)
+        print(eval_line(step, metrics), flush=True)
+        return metrics
 
     def progress(self, step: int, metrics: dict) -> None:
         print(

@@ -1,13 +1,17 @@
 """Rollouts drawn as boxes on their images, so a reward curve can be checked by eye in MLflow.
 
-Ground truth is green; a prediction matched to a ground-truth box (IoU ≥ threshold, same label) is
-orange with its IoU, an unmatched prediction red. A caption strip under the image carries the title,
-the reward and a legend. Boxes are expected in pixels of the image passed in.
+Ground truth is green (labelled "GT", "missed" when no prediction matched it); the model's predictions
+are drawn in another colour with their label: orange with the IoU when matched to a ground-truth box
+(IoU ≥ threshold, same label), red when not. A caption strip under the image carries the title, the
+reward, a legend, and what the model wrote when no box could be parsed from it. Boxes are expected in
+pixels of the image passed in. :func:`layout_detections` is the drawing data (what goes where, in which
+colour, with which text), so tests and other renderers can read it without looking at pixels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -59,6 +63,40 @@ def match_boxes(
     return matched
 
 
+@dataclass(frozen=True)
+class Mark:
+    """One box to draw: ``kind`` "gt" or "pred", ``status`` matched / missed (gt) / wrong (pred)."""
+
+    kind: str
+    label: str
+    box: tuple[float, float, float, float]
+    status: str
+    color: tuple[int, int, int]
+    text: str
+
+
+def layout_detections(gt_objects: Sequence[Any], pred_objects: Sequence[Any], iou_threshold: float = 0.5
+                      ) -> list[Mark]:
+    """The drawing data of one rollout: ground-truth marks first, then the model's predictions.
+
+    >>> marks = layout_detections([("stop_sign", (0, 0, 10, 10))], [("stop_sign", (0, 0, 10, 9))])
+    >>> [(m.kind, m.status, m.text) for m in marks]
+    [('gt', 'matched', 'GT stop_sign'), ('pred', 'matched', 'stop_sign IoU 0.90')]
+    """
+    gt = [_box(o) for o in gt_objects]
+    pred = [_box(o) for o in pred_objects]
+    matched = match_boxes(gt, pred, iou_threshold)
+    hit = {gi for gi, _ in matched.values()}
+    marks = [Mark("gt", label, box, "matched" if i in hit else "missed", GT_COLOR,
+                  f"GT {label}" if i in hit else f"GT {label} (missed)") for i, (label, box) in enumerate(gt)]
+    for index, (label, box) in enumerate(pred):
+        if index in matched:
+            marks.append(Mark("pred", label, box, "matched", MATCH_COLOR, f"{label} IoU {matched[index][1]:.2f}"))
+        else:
+            marks.append(Mark("pred", label, box, "wrong", MISS_COLOR, f"{label} (no match)"))
+    return marks
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
@@ -82,19 +120,29 @@ def draw_detections(
     *,
     reward: float | Mapping[str, float] | None = None,
     iou_threshold: float = 0.5,
+    answer: str | None = None,
 ) -> Image.Image:
-    """A new RGB image: boxes drawn on ``image`` plus a caption strip (title, reward, legend)."""
-    gt = [_box(o) for o in gt_objects]
-    pred = [_box(o) for o in pred_objects]
-    matched = match_boxes(gt, pred, iou_threshold)
+    """A new RGB image: boxes drawn on ``image`` plus a caption strip (title, reward, legend).
+
+    ``answer``: the model's text when no box could be parsed from it, shown (cut short) in the caption.
+    """
+    marks = layout_detections(gt_objects, pred_objects, iou_threshold)
+    n_gt = sum(m.kind == "gt" for m in marks)
+    n_missed = sum(m.status == "missed" for m in marks)
+    n_matched = sum(m.kind == "pred" and m.status == "matched" for m in marks)
+    n_wrong = sum(m.status == "wrong" for m in marks)
     base = image.convert("RGB")
     width, height = base.size
     font_size = max(10, min(16, width // 28))
     font = _font(font_size)
     line_height = font_size + 4
     caption_lines = [t for t in (title, _format_reward(reward)) if t] + [
-        f"GT {len(gt)} (green)  matched {len(matched)} (orange)  wrong {len(pred) - len(matched)} (red)"
+        f"GT {n_gt} (green, {n_missed} missed)  predicted: matched {n_matched} (orange)  wrong {n_wrong} (red)"
     ]
+    if answer is not None:
+        snippet = " ".join(answer.split())
+        limit = max(20, width // max(1, font_size // 2) - 12)
+        caption_lines.append(f"no boxes parsed from: {snippet[:limit]}{'…' if len(snippet) > limit else ''}")
     canvas = Image.new("RGB", (width, height + line_height * len(caption_lines) + 4), CAPTION_BG)
     canvas.paste(base, (0, 0))
     draw = ImageDraw.Draw(canvas)
@@ -107,16 +155,14 @@ def draw_detections(
         draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=color)
         draw.text((x, ty), text, fill=(0, 0, 0), font=font)
 
-    for label, box in gt:
-        draw.rectangle(box, outline=GT_COLOR, width=stroke)
-        label_at(box[0], box[3] + 1 if box[3] + line_height < height else box[1], label, GT_COLOR)
-    for index, (label, box) in enumerate(pred):
-        if index in matched:
-            color, text = MATCH_COLOR, f"{label} IoU {matched[index][1]:.2f}"
+    for mark in marks:
+        box = mark.box
+        if mark.kind == "gt":
+            draw.rectangle(box, outline=mark.color, width=stroke)
+            label_at(box[0], box[3] + 1 if box[3] + line_height < height else box[1], mark.text, mark.color)
         else:
-            color, text = MISS_COLOR, f"{label} (no match)"
-        draw.rectangle(box, outline=color, width=stroke + 1)
-        label_at(box[0], box[1], text, color)
+            draw.rectangle(box, outline=mark.color, width=stroke + 1)
+            label_at(box[0], box[1], mark.text, mark.color)
 
     y = height + 2
     for line in caption_lines:
@@ -140,3 +186,27 @@ def rollout_grid(items: Sequence[Image.Image], columns: int = 4, pad: int = 4) -
         r, c = divmod(index, columns)
         grid.paste(im.convert("RGB"), (pad + c * (cell_w + pad), pad + r * (cell_h + pad)))
     return grid
+
+
+def rollout_picture(image: Image.Image, solution: Sequence[Any], completion: str, family: str, *,
+                    title: str | None = None, reward: float | Mapping[str, float] | None = None,
+                    min_side: int = 320) -> tuple[Image.Image, list[Mark]]:
+    """One rollout drawn on the model's input image: ground truth (``solution``) and the boxes parsed from
+    ``completion``, both in the model's answer space, converted to pixels and enlarged to at least
+    ``min_side``. Returns the picture and its drawing data."""
+    from vlm_rl.models.coords import from_model_coords
+    from vlm_rl.rewards.parse import parse_detections
+
+    zoom = max(1.0, min_side / max(image.size))  # small model inputs: enlarge to be readable
+    shown = image.resize((round(image.width * zoom), round(image.height * zoom)))
+
+    def to_px(objects: Sequence[Any] | None) -> list[dict]:
+        return [{"label": str(o.get("label", "")),
+                 "bbox_2d": [v * zoom for v in from_model_coords(o["bbox_2d"], image.width, image.height, family)]}
+                for o in objects or []]
+
+    predicted = parse_detections(completion)
+    gt, pred = to_px(solution), to_px(predicted)
+    picture = draw_detections(shown, gt, pred, title=title, reward=reward,
+                              answer=completion if predicted is None else None)
+    return picture, layout_detections(gt, pred)

@@ -1,7 +1,9 @@
-"""The static decode loop (CPU, eager) against HF generate, and the colocated rollout source's contract."""
+"""The static decode loop (CPU, eager) against HF generate for both Qwen VL families, and the colocated rollout
+source's contract."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vlm_rl.data.schema import load_jsonl
@@ -9,9 +11,9 @@ from vlm_rl.models.loading import load_model, load_processor
 from vlm_rl.models.prompts import detection_instruction, encode_prompts
 from vlm_rl.models.tokenizer import SPECIAL_IDS
 from vlm_rl.rollout.colocated import ColocatedRollout
+from vlm_rl.rollout.engine import eos_token_ids, prepare_prompt
 from vlm_rl.rollout.fast_decode import StaticDecoder, sample_tokens
 from vlm_rl.rollout.types import PromptItem
-from vlm_rl.rollout.worker import eos_token_ids, prepare_prompt
 
 
 def _rough_model(path):
@@ -25,10 +27,12 @@ def _rough_model(path):
     return model
 
 
-def test_greedy_matches_hf_generate_with_left_padding(tiny_model_dir, synthetic_dataset):
-    processor, model = load_processor(tiny_model_dir), _rough_model(tiny_model_dir)
+@pytest.mark.parametrize("family_fixture", ["tiny_model_dir", "tiny_qwen25_dir"])
+def test_greedy_matches_hf_generate_with_left_padding(request, family_fixture, synthetic_dataset):
+    model_dir = request.getfixturevalue(family_fixture)
+    processor, model = load_processor(model_dir), _rough_model(model_dir)
     items = [PromptItem.from_sample(s) for s in load_jsonl(synthetic_dataset[0]).samples[:2]]
-    images = [prepare_prompt(item, 128, "qwen3_vl")[0] for item in items]
+    images = [prepare_prompt(item, 128, model.config.model_type)[0] for item in items]
     # different instructions → different prompt lengths → the shorter prompt is left-padded
     instructions = [detection_instruction(None), detection_instruction(["stop_sign", "traffic_light", "yield_sign"])]
     enc = encode_prompts(processor, images, instructions)

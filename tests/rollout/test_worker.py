@@ -74,3 +74,34 @@ def test_evaluate_reports_mlflow_safe_detection_metrics(tiny_model_dir, syntheti
     for key in ("eval/mAP_50", "eval/mAP_50_95", "eval/f1", "eval/format_valid_rate"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert all("@" not in k and "[" not in k for k in metrics)
+
+
+def test_weight_update_waits_for_a_running_generate(tiny_model_dir, items):
+    """The actor runs two calls at once; an update arriving mid-generate (LoRA folded into the base weights)
+    must wait: the generate samples with one version throughout and the base weights come back bit-exact."""
+    import threading
+    import time
+
+    worker = RolloutWorker(str(tiny_model_dir), labels=None, max_image_size=64, max_new_tokens=48,
+                           min_new_tokens=48, batch_size=4, lora_rank=4, lora_alpha=8)
+    adapter = worker.get_weights()
+    gen = torch.Generator().manual_seed(0)
+    first = {k: torch.randn(v.shape, generator=gen) * 0.05 for k, v in adapter.items()}
+    second = {k: torch.randn(v.shape, generator=gen) * 0.05 for k, v in adapter.items()}
+    worker.update_weights(first, version=1)
+    base = {k: v for k, v in worker.get_weights(include_base=True).items() if "lora_" not in k}
+
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(worker.generate(list(enumerate(items)), 4, step=1)))
+    thread.start()
+    deadline = time.time() + 30
+    while not worker.generating():
+        assert thread.is_alive() and time.time() < deadline, "generate never started"
+        time.sleep(0.001)
+    assert worker.update_weights(second, version=2) == 2
+    assert not worker.generating()  # the update ran only after the generate released the weights
+    thread.join(timeout=60)
+    assert {c.weights_version for c in result["completions"]} == {1}
+    after = worker.get_weights(include_base=True)
+    assert all(torch.equal(after[k], base[k]) for k in base)  # the fold was undone with the adapter it used
+    assert all(torch.equal(worker.get_weights()[k], second[k]) for k in second)

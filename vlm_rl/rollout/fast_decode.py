@@ -7,6 +7,10 @@ projection). Here the prompts (8 images, not 32) go once through the real model;
 graph of the text decoder (embedding → layers with LoRA active → norm → lm_head). The graph reads the
 live parameter tensors, so optimizer steps (in place) are seen without recapture or weight copies.
 
+The sampler's log-probs (``logprobs=True``) are those of the model's distribution at the sampling temperature,
+before top-p and token bans: exactly what the learner recomputes for the same tokens (``completion_logprobs``),
+so their difference measures sampler/learner mismatch only.
+
 Decode attention is done per KV head with the query heads as the "query length" (no ``repeat_kv`` copy of
 the cache) over the whole static cache under an additive mask (left padding and unwritten slots masked).
 On CPU the same loop runs eagerly, which is what the CPU tests check against HF generate.
@@ -33,10 +37,15 @@ def unwrap_causal_lm(model):
     return model
 
 
+#: Families whose text decoder this loop drives (same layer call, multimodal RoPE with text-only decode
+#: positions); checked against HF generate on CPU (tests/rollout/test_fast_decode.py) and GPU (tests/gpu).
+FAST_DECODE_FAMILIES = ("qwen3_vl", "qwen2_5_vl")
+
+
 def supports_fast_decode(model) -> bool:
-    """True for Qwen3-VL (the layout this loop drives); other families fall back to HF generate."""
+    """True for the families in FAST_DECODE_FAMILIES; other models fall back to HF generate."""
     lm = unwrap_causal_lm(model)
-    return getattr(lm.config, "model_type", None) == "qwen3_vl"
+    return getattr(lm.config, "model_type", None) in FAST_DECODE_FAMILIES
 
 
 def _decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -104,10 +113,11 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, genera
 
 
 class StaticDecoder:
-    """Samples completions for a batch of (image) prompts from a Qwen3-VL model (PEFT/DeepSpeed-wrapped or not).
+    """Samples completions for a batch of (image) prompts from a Qwen VL model (PEFT/DeepSpeed-wrapped or not).
 
     ``generate`` returns ``[prompts * num_generations, max_new_tokens]`` token ids (rows grouped by prompt;
-    ``pad_id`` after a row's first end token) and the number of decode steps run.
+    ``pad_id`` after a row's first end token) and the number of decode steps run; with ``logprobs=True``
+    ``last_logprobs`` holds each sampled token's log-prob at the sampling temperature (same shape, float32).
     """
 
     def __init__(self, model, *, eos_ids: list[int], pad_id: int, suppress_ids: list[int] | tuple = (),
@@ -116,7 +126,8 @@ class StaticDecoder:
         self.model = model
         self.lm = unwrap_causal_lm(model)
         if not supports_fast_decode(model):
-            raise ValueError(f"model_type: fast decode supports qwen3_vl, got {self.lm.config.model_type!r}")
+            raise ValueError(f"model_type: fast decode supports {', '.join(FAST_DECODE_FAMILIES)}, "
+                             f"got {self.lm.config.model_type!r}")
         self.text = self.lm.model.language_model
         self.layers = list(self.text.layers)
         self.attn_config = self.layers[0].self_attn.config
@@ -134,14 +145,15 @@ class StaticDecoder:
         self._cache_kw = "cache" if "cache" in inspect.signature(self.layers[0].forward).parameters \
             else "past_key_values"
         self.last_timings: dict[str, float] = {}
+        self.last_logprobs: torch.Tensor | None = None
         self.merged_modules = 0
         _register_attention()
 
     # -- public --------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, enc, num_generations: int, max_new_tokens: int, *, temperature: float = 1.0,
-                 top_p: float = 1.0, min_new_tokens: int = 0,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+                 top_p: float = 1.0, min_new_tokens: int = 0, generator: torch.Generator | None = None,
+                 logprobs: bool = False) -> tuple[torch.Tensor, int]:
         device = enc["input_ids"].device
         graphs = device.type == "cuda" if self.use_cuda_graph is None else self.use_cuda_graph
         was_training = self.lm.training
@@ -153,7 +165,7 @@ class StaticDecoder:
                 self.merged_modules = merged.count
                 clock.lap("merge")
                 result = self._generate(enc, num_generations, max_new_tokens, temperature, top_p, min_new_tokens,
-                                        generator, graphs, clock)
+                                        generator, graphs, clock, logprobs)
                 clock.lap("decode")
             clock.lap("unmerge")
             self.last_timings = clock.laps
@@ -169,7 +181,7 @@ class StaticDecoder:
         self._state = None
 
     # -- internals -----------------------------------------------------------------------------
-    def _generate(self, enc, G, T, temperature, top_p, min_new_tokens, generator, graphs, clock):
+    def _generate(self, enc, G, T, temperature, top_p, min_new_tokens, generator, graphs, clock, logprobs):
         device = enc["input_ids"].device
         n, prompt_len = enc["input_ids"].shape
         rows = n * G
@@ -205,12 +217,18 @@ class StaticDecoder:
         with_eos = torch.cat([suppress, eos])
         result = torch.full((rows, T), self.pad_id, dtype=torch.long, device=device)
         done = torch.zeros(rows, dtype=torch.bool, device=device)
+        lp = torch.zeros(rows, T, dtype=torch.float32, device=device) if logprobs else None
+        self.last_logprobs = lp
+        scale = temperature if temperature > 0 else 1.0  # greedy: the model's own distribution
 
         def pick(logits: torch.Tensor, t: int) -> None:
             banned = with_eos if t < min_new_tokens else suppress
             nxt = sample_tokens(logits, temperature, top_p, generator, banned)
             nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
             result[:, t] = nxt
+            if lp is not None:
+                scores = logits.float() / scale if scale != 1.0 else logits.float()
+                lp[:, t] = scores.gather(-1, nxt[:, None]).squeeze(-1) - scores.logsumexp(dim=-1)
             done.logical_or_(torch.isin(nxt, eos))
             state.tokens.copy_(nxt)
 

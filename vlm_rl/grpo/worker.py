@@ -15,7 +15,8 @@ from vlm_rl.learner.checkpoint import load_checkpoint, resolve_resume, save_chec
 from vlm_rl.learner.comm import Comm
 from vlm_rl.learner.engine import build_engine
 from vlm_rl.learner.policy import build_policy
-from vlm_rl.learner.policy_learner import PolicyLearner
+from vlm_rl.learner.policy_learner import PolicyLearner, accumulation_steps
+from vlm_rl.learner.reference import needs_frozen_reference
 from vlm_rl.learner.sampler import PromptSampler
 from vlm_rl.sft.targets import SFTTargets
 
@@ -53,8 +54,7 @@ def train_grpo_worker(cfg: dict) -> None:
 
     model, processor, family = build_policy(config, device=_device())
     per_rank = config.prompts_per_step // comm.world_size * config.num_generations
-    micro = min(cfg.get("micro_batch_size") or config.micro_batch_size or per_rank, per_rank)
-    accumulation = max(1, -(-per_rank // micro))
+    micro, accumulation = accumulation_steps(per_rank, cfg.get("micro_batch_size") or config.micro_batch_size)
     if config.rollout_mode == "colocated" and comm.world_size == 1:
         # One GPU: nothing to shard; plain AdamW keeps no persistent fp32 gradient buffers (peak memory).
         from vlm_rl.learner.local_engine import LocalEngine
@@ -63,6 +63,11 @@ def train_grpo_worker(cfg: dict) -> None:
     else:
         engine = build_engine(model, config, micro_batch=micro, accumulation=accumulation)
     learner = PolicyLearner(engine, processor, family, config, labels, micro_batch_size=micro)
+    if not config.sft_warmup_steps:
+        # Full fine-tuning with beta > 0: freeze the starting weights as the KL reference now, before any
+        # resume, so a restarted run measures KL to the same reference. (After an SFT warm-up the learner
+        # takes it at its first GRPO step instead.)
+        learner.take_reference()
     if config.rollout_mode == "colocated":
         rollout = colocated_rollout(engine, processor, family, config, labels)
     samples = load_jsonl(config.train_data, on_error="skip").samples
@@ -75,6 +80,10 @@ def train_grpo_worker(cfg: dict) -> None:
     if checkpoint is not None:
         saved = load_checkpoint(engine, checkpoint)
         state = LoopState(**saved["loop"])
+        if learner.reference is None and config.sft_warmup_steps and state.sft_steps >= config.sft_warmup_steps \
+                and needs_frozen_reference(config) and comm.rank == 0:
+            print("[vlm-rl] resumed after the SFT warm-up: the KL reference is frozen from the resumed weights, "
+                  "not from the policy at GRPO start", flush=True)
 
     sinks = LoopSinks()
     run_sinks = None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
-from vlm_rl.algos.grpo_loss import grpo_loss
+from vlm_rl.algos.grpo_loss import engine_loss_scale, grpo_loss
 from vlm_rl.config import BaseConfig, GRPOConfig
 from vlm_rl.learner.compiled_layers import CompiledLayers
 from vlm_rl.learner.engine import export_trainable_weights
 from vlm_rl.learner.policy import completion_logprobs, reference_context
+from vlm_rl.learner.reference import FrozenReference, freeze_reference, needs_frozen_reference
 from vlm_rl.models.prompts import (
     build_policy_inputs,
     detection_instruction,
@@ -25,6 +27,30 @@ def micro_batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def accumulation_steps(examples_per_rank: int, micro_batch_size: int) -> tuple[int, int]:
+    """``(micro-batch size, gradient-accumulation steps)`` for one optimizer step over a rank's examples.
+
+    The one place the engine's accumulation steps are derived; ``PolicyLearner`` then splits every step
+    into exactly that many micro-batches (``engine.gradient_accumulation_steps()``), so each GRPO/SFT
+    step is one optimizer step.
+    """
+    if examples_per_rank < 1:
+        raise ValueError(f"examples per rank: must be >= 1, got {examples_per_rank}")
+    micro = min(micro_batch_size or examples_per_rank, examples_per_rank)
+    return micro, -(-examples_per_rank // micro)
+
+
+def even_slices(n: int, parts: int) -> list[slice]:
+    """``n`` examples in ``parts`` contiguous slices whose sizes differ by at most one (larger first)."""
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        stop = start + base + (1 if i < extra else 0)
+        out.append(slice(start, stop))
+        start = stop
+    return out
+
+
 class PolicyLearner:
     """Owns the DeepSpeed engine of one rank. Pure torch apart from the engine; no Ray."""
 
@@ -37,6 +63,9 @@ class PolicyLearner:
         self.instruction = detection_instruction(labels)
         self.lora = config.lora_r > 0
         self.micro_batch_size = micro_batch_size
+        self.accumulation = int(engine.gradient_accumulation_steps())
+        self.world = int(getattr(engine, "dp_world_size", 1))  # ranks the engine averages gradients over
+        self.reference: FrozenReference | None = None  # full fine-tuning with beta > 0: see take_reference
         self.device = engine.device
         self.compiled = CompiledLayers(engine.module, enabled=config.compile_layers)
         self._prefetch = Prefetcher(self._encode, "vlmrl-learner-prefetch")  # prompts -> their encoding
@@ -70,8 +99,41 @@ class PolicyLearner:
                                     share_images=True)
         return self._to_device(batch)
 
+    def take_reference(self) -> FrozenReference | None:
+        """Freeze the current policy as the KL reference when full fine-tuning has beta > 0 (collective under
+        ZeRO-3). Taken once, at GRPO start: after any SFT warm-up, before the first GRPO update."""
+        if self.reference is None and needs_frozen_reference(self.config):
+            self.reference = freeze_reference(self.engine, self.config)
+        return self.reference
+
+    def _plan(self, n: int) -> list[tuple[slice, bool]]:
+        """Exactly ``accumulation`` micro-batches (one optimizer step). With fewer examples than that (an SFT
+        warm-up step has a rank's prompts, the engine was sized for its completions) the missing ones
+        repeat the last example with zero weight: a wasted forward/backward, but the step stays whole."""
+        if n < 1:
+            raise ValueError("learner: a step with no examples on this rank")
+        if n >= self.accumulation:
+            return [(sl, True) for sl in even_slices(n, self.accumulation)]
+        return [(slice(i, i + 1), True) for i in range(n)] + [(slice(n - 1, n), False)] * (self.accumulation - n)
+
+    def _global_counts(self, *counts: int) -> list[int]:
+        """``counts`` summed over the ranks the engine averages gradients over (one all-reduce)."""
+        if self.world == 1 or not dist.is_initialized():
+            return list(counts)
+        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor(counts, dtype=torch.int64, device=device)
+        dist.all_reduce(t)
+        return [int(v) for v in t.tolist()]
+
+    def _check_one_step(self, steps_before: int, micro: int) -> None:
+        taken = int(self.engine.global_steps) - steps_before
+        if taken != 1:
+            raise RuntimeError(f"learner: {micro} micro-batches took {taken} optimizer steps, expected 1 "
+                               f"(engine accumulation {self.accumulation})")
+
     def grpo_step(self, items: list[PromptItem], completions: list[Completion], advantages: torch.Tensor) -> dict:
         """One optimizer step over this rank's completions (``items[c.prompt_index]`` is each one's prompt)."""
+        self.take_reference()  # outside the compiled switch: the copy gets plain layers
         self.engine.train()  # before the switch: it picks the checkpointed variant from the train flag
         with self.compiled.active():
             return self._grpo_step(items, completions, advantages)
@@ -80,9 +142,13 @@ class PolicyLearner:
         config: GRPOConfig = self.config  # type: ignore[assignment]
         engine = self.engine
         engine.train()
-        n_tokens_total = sum(len(c.completion_ids) for c in completions)
+        local_tokens = sum(len(c.completion_ids) for c in completions)
+        # Every token / sequence weighs the same over the whole step, whatever rank or micro-batch holds it.
+        n_tokens_total, n_sequences_total = self._global_counts(local_tokens, len(completions))
+        scale = engine_loss_scale(config.loss_type, self.world, self.accumulation)
         sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
-        slices = micro_batches(len(completions), self.micro_batch_size)
+        plan = self._plan(len(completions))
+        steps_before = int(engine.global_steps)
 
         encoding = self._prefetch.take(tuple(items))  # every prompt of the step, encoded once (usually prefetched)
         pad_id = self.processor.tokenizer.pad_token_id
@@ -96,30 +162,38 @@ class PolicyLearner:
         # Metrics stay on the device until the end: no host sync between micro-batches, so the CPU builds
         # the next micro-batch's inputs (image load, processor) while the GPU runs this one's backward.
         pending: list[tuple[float, torch.Tensor, dict]] = []
-        batch = inputs(slices[0])
-        for i, sl in enumerate(slices):
+        batch = inputs(plan[0][0])
+        for i, (sl, live) in enumerate(plan):
             mask = batch["completion_mask"].float()
             logp = completion_logprobs(engine, batch, config.temperature)
             ref_logp = None
             if config.beta > 0:
-                with torch.no_grad(), reference_context(engine.module, self.lora):
-                    ref_logp = completion_logprobs(engine, batch, config.temperature)
+                with torch.no_grad():
+                    if self.reference is not None:  # full fine-tuning: the frozen copy taken at GRPO start
+                        ref_logp = completion_logprobs(self.reference.module, batch, config.temperature)
+                    else:  # LoRA: the same network with the adapter off
+                        with reference_context(engine.module, self.lora):
+                            ref_logp = completion_logprobs(engine, batch, config.temperature)
             adv = advantages[sl].to(self.device, dtype=logp.dtype)
             loss, metrics = grpo_loss(
                 logp, logp.detach(), ref_logp, adv, mask, beta=config.beta, eps_low=config.epsilon,
                 eps_high=config.clip_high, loss_type=config.loss_type,
                 max_completion_length=config.max_new_tokens, num_items_in_batch=n_tokens_total,
+                num_sequences_in_batch=n_sequences_total,
             )
-            # The engine divides by the accumulation steps; dapo already normalises by the whole batch's tokens.
-            scale = len(slices) if config.loss_type == "dapo" else 1.0
-            engine.backward(loss * scale)
+            # The loss is this micro-batch's share of the step's; undo the engine's /accumulation and rank mean.
+            engine.backward(loss * (scale if live else 0.0))
+            tokens = sum(len(c.completion_ids) for c in completions[sl]) if live else 0  # no host sync
             del logp, ref_logp, mask
-            if i + 1 < len(slices):
-                batch = inputs(slices[i + 1])
+            if i + 1 < len(plan):
+                batch = inputs(plan[i + 1][0])
             engine.step()
-            pending.append(((sl.stop - sl.start) / len(completions), loss.detach(), metrics))
+            if live:
+                pending.append((tokens / max(local_tokens, 1), loss.detach(), metrics))
+        self._check_one_step(steps_before, len(plan))
         for weight, loss, metrics in pending:
-            sums["loss"] += float(loss) * (1.0 if config.loss_type == "dapo" else weight)
+            # comm.mean averages ranks: this rank reports world x its share, so the mean is the step's loss.
+            sums["loss"] += float(loss) * scale / self.accumulation
             sums["kl"] += float(metrics.get("kl", 0.0)) * weight
             sums["clip_ratio"] += float(metrics.get("clip_ratio", 0.0)) * weight
         sums["grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
@@ -134,17 +208,19 @@ class PolicyLearner:
     def _sft_step(self, items: list[PromptItem], target_ids: list[list[int]]) -> dict:
         engine = self.engine
         engine.train()
-        total_tokens = sum(len(t) for t in target_ids)
-        slices = micro_batches(len(items), self.micro_batch_size)
+        (total_tokens,) = self._global_counts(sum(len(t) for t in target_ids))  # a token weighs the same anywhere
+        plan = self._plan(len(items))
+        steps_before = int(engine.global_steps)
         loss_sum = 0.0
-        for sl in slices:
+        for sl, live in plan:
             batch = self._inputs(items[sl], target_ids[sl])
             mask = batch["completion_mask"].float()
             logp = completion_logprobs(engine, batch)
             loss = -(logp * mask).sum() / max(total_tokens, 1)
-            engine.backward(loss * len(slices))
+            engine.backward(loss * (self.world * self.accumulation if live else 0.0))
             engine.step()
-            loss_sum += float(loss.detach())
+            loss_sum += float(loss.detach()) * self.world if live else 0.0
+        self._check_one_step(steps_before, len(plan))
         return {"sft_loss": loss_sum, "grad_norm": float(engine.get_global_grad_norm() or 0.0)}
 
     def export_weights(self) -> dict | None:

@@ -20,7 +20,7 @@ from vlm_rl.learner.comm import Comm
 from vlm_rl.learner.engine import build_engine
 from vlm_rl.learner.job_common import worker_device
 from vlm_rl.learner.policy import build_policy
-from vlm_rl.learner.policy_learner import PolicyLearner
+from vlm_rl.learner.policy_learner import PolicyLearner, accumulation_steps
 from vlm_rl.learner.supervised_loop import TrainSinks, TrainState, state_dict, supervised_train
 
 FINAL_DIR = "final"
@@ -38,8 +38,8 @@ def make_learner(config: BaseConfig, labels: list[str] | None, per_rank: int,
     """Policy (LoRA or full) in a DeepSpeed engine, accumulating ``per_rank`` examples per optimizer step."""
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     model, processor, family = build_policy(config, device=worker_device())
-    micro = min(config.micro_batch_size or per_rank, per_rank)
-    engine = build_engine(model, config, micro_batch=micro, accumulation=max(1, -(-per_rank // micro)))
+    micro, accumulation = accumulation_steps(per_rank, config.micro_batch_size)
+    engine = build_engine(model, config, micro_batch=micro, accumulation=accumulation)
     return learner_cls(engine, processor, family, config, labels, micro_batch_size=micro)
 
 

@@ -1,0 +1,94 @@
+"""The frozen KL reference under full fine-tuning: the policy as it was when GRPO started.
+
+Under LoRA the reference is free (the same network with the adapter off, ``policy.reference_context``).
+Under full fine-tuning (``lora_r=0``) with ``beta > 0`` it must be a second set of weights, else the
+"reference" forward is the current policy again and the KL is exactly 0. Which kind, as TRL does it:
+
+* learners on ZeRO-3: a DeepSpeed inference engine (ZeRO-3, no optimizer) built under ``zero.Init``, so
+  each rank holds ``1/world`` of the reference in the training dtype (8B in bf16 on 8 ranks: ~2.2 GB per
+  GPU) and its forward gathers layer by layer like the policy's. The copy goes one parameter at a time
+  (gather both, rank 0 writes, DeepSpeed re-partitions), never a whole model on one rank.
+* otherwise (ZeRO-0/1/2, ``LocalEngine``): a frozen deep copy on the learner's device, the whole model
+  in the training dtype (2 bytes per parameter under bf16: 17.5 GB for 8B).
+
+``reference_bytes`` reports what this rank holds; the estimator reserves the same.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+
+from vlm_rl.config import BaseConfig
+
+
+class FrozenReference:
+    """``module`` is what ``completion_logprobs`` runs (an inference engine under ZeRO-3); ``kind`` says which."""
+
+    def __init__(self, module, kind: str):
+        self.module = module
+        self.kind = kind
+
+    def reference_bytes(self) -> int:
+        """Bytes of reference weights this rank holds (its ZeRO-3 partitions, or the whole copy)."""
+        total = 0
+        for p in self.module.parameters():
+            held = getattr(p, "ds_tensor", None)
+            total += (held.numel() * held.element_size()) if held is not None else p.numel() * p.element_size()
+        return total
+
+
+def needs_frozen_reference(config: BaseConfig) -> bool:
+    """Full fine-tuning with a KL term: the adapter-off trick does not exist, a copy is needed."""
+    return config.lora_r == 0 and float(getattr(config, "beta", 0.0)) > 0
+
+
+def freeze_reference(engine, config: BaseConfig) -> FrozenReference:
+    """Copy the engine's current policy into a frozen reference (collective under ZeRO-3)."""
+    from vlm_rl.learner.policy import _causal_lm
+
+    policy = _causal_lm(engine)
+    if config.zero_stage == 3:
+        return FrozenReference(_zero3_copy(policy, config), "zero3-sharded")
+    was_training = policy.training
+    ref = copy.deepcopy(policy)
+    policy.train(was_training)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    return FrozenReference(ref, "frozen-copy")
+
+
+def _zero3_copy(policy, config: BaseConfig):
+    import deepspeed
+
+    dtype = next(p.dtype for p in policy.parameters())
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 10_000},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "steps_per_print": 10**9,
+    }
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+        ref = type(policy)._from_config(copy.deepcopy(policy.config), dtype=dtype)  # it writes dtype on it
+    src, dst = list(policy.named_parameters()), list(ref.named_parameters())
+    if [n for n, _ in src] != [n for n, _ in dst]:
+        raise RuntimeError("reference: the ZeRO-3 copy's parameters do not match the policy's")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    with torch.no_grad():
+        for (_, s), (_, d) in zip(src, dst):  # one parameter at a time: never a whole model on a rank
+            with deepspeed.zero.GatheredParameters([s, d], modifier_rank=0):
+                if rank == 0:
+                    d.data.copy_(s.data)
+    for name, buf in policy.named_buffers():  # rotary tables etc. are not partitioned: copy them as they are
+        target = ref.get_buffer(name)
+        target.data.copy_(buf.data)
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    engine, *_ = deepspeed.initialize(model=ref, config=ds_config)
+    engine.eval()
+    return engine

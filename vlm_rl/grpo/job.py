@@ -37,7 +37,7 @@ def rollout_worker_kwargs(config: GRPOConfig, labels: list[str]) -> dict:
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
         batch_size=config.rollout_batch_size, format_weight=config.format_weight,
         lora_rank=config.lora_r, lora_alpha=config.effective_lora_alpha, seed=config.seed,
-        dtype="bfloat16" if config.bf16 else "float32",
+        dtype="bfloat16" if config.bf16 else "float32", engine=config.rollout_engine,
     )
 
 

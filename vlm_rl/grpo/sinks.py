@@ -70,9 +70,12 @@ class RunSinks:
 
     # -- sinks ---------------------------------------------------------------------------------
     def log_metrics(self, metrics: dict, step: int) -> None:
-        self.tracker.log_metrics(metrics, step=step)
         if any(k.startswith("warmup/") for k in metrics):
+            self.tracker.log_metrics(metrics, step=step)
             return
+        # the rollout pool's last weight sync (seconds, bytes, actors per transport), if the loop left it out
+        metrics = {**getattr(self.rollout, "last_sync", {}), **metrics}
+        self.tracker.log_metrics(metrics, step=step)
         from vlm_rl.tracking.health import alerts_to_tags
 
         new = self.monitor.update(step, metrics)

@@ -50,7 +50,12 @@ def make_torch_trainer(worker, loop_config: dict, config: BaseConfig, name: str,
 
     resources = {"CPU": config.cpus_per_learner}
     if config.use_gpu:
-        resources["GPU"] = 1
+        # A fraction lets a learner share its GPU with rollout actors (rollout_gpus); two NCCL ranks can
+        # never share one, and Ray would pack fractional learners onto the same GPU.
+        if config.gpus_per_learner < 1 and config.num_learners > 1:
+            raise ConfigError(f"gpus_per_learner: {config.gpus_per_learner} < 1 needs num_learners=1 "
+                              f"(got {config.num_learners}): NCCL ranks cannot share a GPU")
+        resources["GPU"] = config.gpus_per_learner
     return TorchTrainer(
         worker,
         train_loop_config=loop_config,

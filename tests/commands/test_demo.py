@@ -2,8 +2,8 @@
 
 One run answers issue 12's questions about the first hour: every progress line is printed once, no
 false KL alarm at beta=0, no Ray error line at start, eval results reach the console, the end prints
-direct links into MLflow's classic UI, and the thing the product is for improves: detection reward and
-val mAP rise. ~4-6 min on 2 shared cores (the demo's own budget is 5 min on 2 idle cores).
+direct links into MLflow's classic UI, and the thing the product is for improves: the model finds the sign and
+val mAP rises. ~5-6 min on 2 cores shared with other work (the demo's budget is 5 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from vlm_rl.commands.demo import DEMO_SETTINGS
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +44,7 @@ def demo(tmp_path_factory):
 def test_each_console_line_once_and_no_false_alarms(demo):
     log = demo["log"]
     progress = [line.split(")", 1)[-1].strip() for line in log.splitlines() if re.search(r"step \d+/\d+ reward", line)]
-    assert len(progress) == 20, progress
+    assert len(progress) == DEMO_SETTINGS["num_steps"], progress
     assert len(set(progress)) == len(progress), "a progress line was printed twice"
     health = [line for line in log.splitlines() if "[health]" in line]
     assert len(set(health)) == len(health)
@@ -52,19 +54,22 @@ def test_each_console_line_once_and_no_false_alarms(demo):
 
 def test_eval_results_on_the_console_and_links_at_the_end(demo):
     log = demo["log"]
-    assert len(re.findall(r"\[eval\] step \d+: mAP@0\.5 \d\.\d{3}", log)) == 4
+    evals = DEMO_SETTINGS["num_steps"] // DEMO_SETTINGS["eval_steps"]
+    assert len(re.findall(r"\[eval\] step \d+: mAP@0\.5 \d\.\d{3}", log)) == evals
     assert "detection reward" in log and "val mAP@0.5" in log
     assert re.search(r"charts: +http://127\.0\.0\.1:5000/#/experiments/\d+/runs/\w+/model-metrics"
                      r"\?workflowType=machine_learning", log)
     assert "/artifacts/rollouts?workflowType=machine_learning" in log
 
 
-def test_detection_reward_and_val_map_rise(demo):
+def test_the_model_detects_and_val_map_rises(demo):
+    """Before issue 12 the demo's detection reward was 0 on most steps and val mAP stayed 0 (no boxes)."""
     rows = demo["rows"]
     det = [r["value"] for r in sorted(rows, key=lambda r: r["step"]) if r["name"] == "reward/detection"]
-    half = len(det) // 2
-    first, second = sum(det[:half]) / half, sum(det[half:]) / (len(det) - half)
     maps = [r["value"] for r in sorted(rows, key=lambda r: r["step"]) if r["name"] == "eval/mAP_50"]
-    print(f"demo: {demo['seconds']:.0f} s; detection reward {first:.3f} -> {second:.3f}; val mAP@0.5 {maps}")
-    assert second > first, f"detection reward did not rise: {first:.3f} -> {second:.3f}"
-    assert maps[-1] > maps[0], f"val mAP@0.5 did not rise: {maps}"
+    n_pred = [r["value"] for r in rows if r["name"] == "eval/n_pred"]
+    print(f"demo: {demo['seconds']:.0f} s; detection reward per step {[round(d, 2) for d in det]}; "
+          f"val mAP@0.5 {maps}")
+    assert sum(d > 0 for d in det) >= 0.8 * len(det), "detection reward is 0 on too many steps"
+    assert min(n_pred) > 0, "the model predicted no boxes at an evaluation"
+    assert maps[-1] > maps[0] and maps[-1] >= 0.3, f"val mAP@0.5 did not rise: {maps}"

@@ -3,6 +3,10 @@
     python -m tuning.sweep_grpo --config ray_jobs/configs/recipes/grpo-tiny-cpu.yaml \\
         --space tiny-cpu --num-samples 3 --sweep-dir outputs/sweep [key=value ...]
 
+Without RAY_ADDRESS the sweep starts a private local Ray that advertises the CPUs its trials need; on a
+cluster (RAY_ADDRESS, `ray job submit`) it first checks that ``--max-concurrent`` trials fit and stops in
+seconds with the numbers and an override that fits when they do not (vlm_rl.learner.resources).
+
 Each trial reports its score after every step (see ``tuning.trial``); ASHA stops trials that fall
 behind the others at the same step, and a stopper ends any trial whose reward collapses or whose KL
 runs away. At the end the parent run holds the trials table, a plot of the objective per trial, the

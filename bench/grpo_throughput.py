@@ -6,7 +6,14 @@ suppressed until then on both sides: random weights rarely stop), LoRA r=64 on t
 gradient checkpointing, beta=0, loss dapo, bf16. vlm-rl runs its real loop (``grpo_train`` with
 ``PolicyLearner`` on a DeepSpeed engine and the colocated rollout source); TRL runs ``GRPOTrainer.train``.
 
+``--rollout-mode pool`` (or ``colocated pool`` for both) runs vlm-rl's distributed shape on the same GPU: the
+learner in this process as above, plus one ``RolloutWorker`` Ray actor holding its own policy copy on a
+fraction of the same GPU (``--rollout-gpus``), sampling with the same engine and synced after every step
+(CUDA IPC when both sit on one GPU). Its results are keyed ``vlm-rl-pool``. ``--max-staleness N`` is passed
+to ``GRPOConfig.max_staleness`` (asynchronous GRPO: the pool samples up to N steps ahead).
+
   python bench/grpo_throughput.py --arch 2b 8b --steps 3 --out results.json        # GPU
+  python bench/grpo_throughput.py --arch 8b --rollout-mode colocated pool --max-staleness 1   # + pool mode
   python bench/grpo_throughput.py --arch tiny --device cpu --steps 1                 # CPU smoke run
 
 Prints one table row per (arch, framework) and the vlm-rl / TRL ratio; writes everything as JSON.
@@ -102,7 +109,30 @@ def summarise(name: str, step_rows: list[dict], args) -> dict:
 
 
 # -- vlm-rl ---------------------------------------------------------------------------------------------
-def run_vlmrl(model_dir: Path, train: str, args) -> dict:
+#: result key of each vlm-rl rollout mode
+MODE_KEYS = {"colocated": "vlm-rl", "pool": "vlm-rl-pool"}
+
+
+def start_pool(model_dir: Path, args, gpu: bool):
+    """One rollout actor on (a fraction of) this process's GPU, in a private local Ray cluster."""
+    import ray
+
+    from vlm_rl.rollout.pool import RolloutPool
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():  # one GPU advertised: the actor lands on the GPU the learner uses (cuda:0)
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), num_gpus=1 if gpu else 0,
+                 logging_level="WARNING")
+    worker = dict(
+        model_path=str(model_dir), labels=None, max_image_size=args.image_size, max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens, batch_size=args.prompts * args.generations, lora_rank=args.lora_r,
+        lora_alpha=2 * args.lora_r, seed=0, dtype="bfloat16" if gpu else "float32",
+        engine="hf" if args.hf_generate else "fast", compile_decode=args.compile_decode,
+    )
+    return RolloutPool(1, worker, num_cpus=1, num_gpus=args.rollout_gpus if gpu else 0)
+
+
+def run_vlmrl(model_dir: Path, train: str, args, mode: str = "colocated") -> dict:
     from vlm_rl.config import GRPOConfig
     from vlm_rl.data.schema import load_jsonl
     from vlm_rl.grpo.loop import LoopSinks, grpo_train
@@ -117,13 +147,18 @@ def run_vlmrl(model_dir: Path, train: str, args) -> dict:
     if args.engine == "deepspeed":  # one DeepSpeed rank, no MPI (LocalEngine needs no process group; left
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):  # unset, TRL after it
             os.environ.setdefault(key, value)  # does not try an env:// rendezvous)
+    pool_mode = mode == "pool"
     config = GRPOConfig(
         model_path=str(model_dir), train_data=train, max_image_size=args.image_size, num_learners=1,
         use_gpu=gpu, bf16=gpu, zero_stage=0, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
         num_generations=args.generations, prompts_per_step=args.prompts, num_steps=args.warmup + args.steps,
         beta=args.beta, loss_type="dapo", max_new_tokens=args.new_tokens, learning_rate=1e-5,
-        rollout_mode="colocated", output_dir=tempfile.mkdtemp(prefix="vlmrl-bench-"),
-        micro_batch_size=args.micro_batch, compile_layers=args.compile_learner, compile_decode=args.compile_decode,
+        rollout_mode=mode, output_dir=tempfile.mkdtemp(prefix="vlmrl-bench-"),
+        micro_batch_size=args.micro_batch, compile_layers=args.compile_learner,
+        compile_decode=args.compile_decode and not pool_mode,  # the actor gets it through its own kwargs
+        max_staleness=args.max_staleness if pool_mode else 0,
+        rollout_engine="hf" if args.hf_generate else "fast", rollout_gpus=args.rollout_gpus if pool_mode else 0.0,
+        gpus_per_learner=1.0 - args.rollout_gpus if pool_mode and gpu else 1.0,
     )
     _reset_peak()
     t0 = time.perf_counter()
@@ -138,23 +173,39 @@ def run_vlmrl(model_dir: Path, train: str, args) -> dict:
     else:
         engine = build_engine(model, config, micro_batch=micro, accumulation=accumulation)
     learner = PolicyLearner(engine, processor, family, config, labels, micro_batch_size=micro)
-    rollout = ColocatedRollout(engine, processor, family, labels=labels, max_image_size=args.image_size,
-                               max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, seed=0,
-                               fast=not args.hf_generate, compile_decode=config.compile_decode)
+    if pool_mode:
+        rollout = start_pool(model_dir, args, gpu)
+        actor_out: dict = {}
+        _keep_last_result(rollout, "generate", actor_out)
+    else:
+        rollout = ColocatedRollout(engine, processor, family, labels=labels, max_image_size=args.image_size,
+                                   max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, seed=0,
+                                   fast=not args.hf_generate, compile_decode=config.compile_decode)
     samples = load_jsonl(train).samples
     rows: list[dict] = []
     phase_peaks: dict[str, float] = {}
     if gpu:
         phase_peaks["setup_gb"] = _peak_gb()
-        _track_phase_peak(rollout, "generate", "rollout_peak_gb", phase_peaks)
+        if not pool_mode:  # (the pool's memory is the actor's, another process: read from its results)
+            _track_phase_peak(rollout, "generate", "rollout_peak_gb", phase_peaks)
         _track_phase_peak(learner, "grpo_step", "learner_peak_gb", phase_peaks)
     if args.profile:
         _profile_last_call(learner, "grpo_step", config.num_steps, Path(args.profile) / "learner_kernels.txt")
-        _profile_last_call(rollout, "generate", config.num_steps, Path(args.profile) / "rollout_kernels.txt")
+        if not pool_mode:
+            _profile_last_call(rollout, "generate", config.num_steps, Path(args.profile) / "rollout_kernels.txt")
 
     def progress(step: int, metrics: dict) -> None:
         row = {k[5:]: v for k, v in metrics.items() if k.startswith("time/")}
-        row.update({f"rollout_{k}": v for k, v in rollout.last_timings.items()})
+        if pool_mode:
+            row.update({f"rollout_{k}": v for k, v in actor_out.get("timings", {}).items()})
+            row.update(rollout.last_sync)  # weight_sync/seconds, bytes, actors per transport
+            if "peak_memory_gb" in actor_out:
+                row["actor_peak_gb"] = actor_out["peak_memory_gb"]
+            if gpu:  # both processes: what the GPU itself has in use
+                free, total = torch.cuda.mem_get_info()
+                row["device_used_gb"] = (total - free) / 2**30
+        else:
+            row.update({f"rollout_{k}": v for k, v in rollout.last_timings.items()})
         row.update(phase_peaks)
         row["tokens"] = metrics["completion_length/mean"] * n
         if gpu:
@@ -163,22 +214,50 @@ def run_vlmrl(model_dir: Path, train: str, args) -> dict:
         print(f"  vlm-rl step {step}: " + " ".join(f"{k}={v:.2f}" for k, v in row.items()), flush=True)
 
     setup = time.perf_counter() - t0
-    grpo_train(config, learner=learner, rollout=rollout, sampler=PromptSampler(samples, seed=0),
-               sinks=LoopSinks(progress=progress))
-    result = summarise("vlm-rl", rows, args)
+    try:
+        grpo_train(config, learner=learner, rollout=rollout, sampler=PromptSampler(samples, seed=0),
+                   sinks=LoopSinks(progress=progress))
+        info = rollout.engine_info() if pool_mode else _engine_info(rollout)
+    finally:
+        rollout.shutdown()
+    result = summarise(MODE_KEYS[mode], rows, args)
     result["setup_seconds"] = setup
     if gpu:  # phases reset the peak counter: the run's peak is the max over them (and the setup)
         result["peak_memory_gb"] = max(result["peak_memory_gb"], phase_peaks.get("overall_peak_gb", 0.0))
         result["phase_peaks_gb"] = dict(phase_peaks)
+        if pool_mode:  # learner and actor are two processes on one GPU: their peaks add up (an upper bound)
+            result["learner_peak_memory_gb"] = result["peak_memory_gb"]
+            result["actor_peak_memory_gb"] = max(r.get("actor_peak_gb", 0.0) for r in rows)
+            result["peak_memory_gb"] += result["actor_peak_memory_gb"]
+    result["rollout_mode"] = mode
+    result["max_staleness"] = config.max_staleness
     result["engine"] = type(engine).__name__
     result["micro_batch"] = micro
-    result["decode_mode"] = rollout.decoder.mode if rollout.decoder is not None else "hf-generate"
-    result["decode_lora_merged_modules"] = rollout.decoder.merged_modules if rollout.decoder is not None else 0
+    result["decode_mode"] = info["decode_mode"]
+    result["decode_lora_merged_modules"] = info["merged_modules"]
     result["compiled_learner_layers"] = len(learner.compiled.layers)
-    rollout.shutdown()
     del engine, learner, model  # rollout (its static cache already released) goes with this frame
     _free()
     return result
+
+
+def _engine_info(rollout) -> dict:
+    decoder = rollout.decoder
+    return {"decode_mode": decoder.mode if decoder is not None else "hf-generate",
+            "merged_modules": decoder.merged_modules if decoder is not None else 0}
+
+
+def _keep_last_result(obj, method: str, into: dict) -> None:
+    """Wrap ``obj.method`` so ``into`` holds its last result's extras (the pool's actor timings, memory)."""
+    inner = getattr(obj, method)
+
+    def wrapped(*a, **kw):
+        out = inner(*a, **kw)
+        into.clear()
+        into.update({k: v for k, v in out.items() if k != "completions"})
+        return out
+
+    setattr(obj, method, wrapped)
 
 
 def _track_phase_peak(obj, method: str, key: str, into: dict) -> None:
@@ -201,17 +280,21 @@ def _track_phase_peak(obj, method: str, key: str, into: dict) -> None:
     setattr(obj, method, wrapped)
 
 
-def run_isolated(framework: str, arch: str, argv: list[str]) -> dict:
-    """``framework`` on ``arch`` in a fresh Python process (same arguments otherwise); its result dict."""
+def run_isolated(framework: str, arch: str, argv: list[str], mode: str | None = None) -> dict:
+    """``framework`` on ``arch`` (vlm-rl: in rollout ``mode``) in a fresh Python process (same arguments
+    otherwise); its result dict."""
     import subprocess
 
     with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
         out = Path(tmp) / "child.json"
-        child = _without_options(argv, {"--arch": True, "--frameworks": True, "--out": True, "--isolate": False})
+        child = _without_options(argv, {"--arch": True, "--frameworks": True, "--out": True, "--isolate": False,
+                                        "--rollout-mode": True})
+        modes = ["--rollout-mode", mode] if mode else []
         cmd = [sys.executable, str(Path(__file__).resolve()), *child, "--arch", arch, "--frameworks", framework,
-               "--out", str(out), "--skip-ceilings"]
+               *modes, "--out", str(out), "--skip-ceilings"]
         subprocess.run(cmd, check=True)
-        return json.loads(out.read_text())["results"][arch][framework]
+        key = MODE_KEYS[mode] if mode else framework
+        return json.loads(out.read_text())["results"][arch][key]
 
 
 def _without_options(argv: list[str], options: dict[str, bool]) -> list[str]:
@@ -433,6 +516,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-r", type=int, default=64)
     parser.add_argument("--beta", type=float, default=0.0)
     parser.add_argument("--hf-generate", action="store_true", help="vlm-rl samples with HF generate (ablation)")
+    parser.add_argument("--rollout-mode", nargs="+", default=["colocated"], choices=sorted(MODE_KEYS),
+                        help="vlm-rl rollout source(s): colocated (the learner's own model samples) and/or pool "
+                             "(a Ray rollout actor with its own copy on the same GPU, synced every step; "
+                             "results keyed vlm-rl-pool)")
+    parser.add_argument("--rollout-gpus", type=float, default=0.5,
+                        help="pool mode: the rollout actor's share of the GPU (the learner has the rest)")
+    parser.add_argument("--max-staleness", type=int, default=0,
+                        help="pool mode: GRPOConfig.max_staleness (0 = on-policy; k = sample up to k steps ahead)")
     parser.add_argument("--compile-decode", action="store_true", help="torch.compile the decode step (vlm-rl)")
     parser.add_argument("--compile-learner", action="store_true",
                         help="torch.compile each decoder layer for the learner's forward/backward (vlm-rl)")
@@ -463,18 +554,23 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = build_model_dir(arch, root, args.device)
         args.arch_now = arch
         res: dict = {}
+        runs = []  # (result key, framework, vlm-rl rollout mode), in the order asked for
         for fw in args.frameworks:
-            print(f"== {arch} {fw}", flush=True)
+            runs += [("trl", fw, None)] if fw == "trl" else [(MODE_KEYS[m], fw, m) for m in args.rollout_mode]
+        for key, fw, mode in runs:
+            print(f"== {arch} {key}", flush=True)
             try:
                 if args.isolate:
-                    res[fw] = run_isolated(fw, arch, argv if argv is not None else sys.argv[1:])
+                    res[key] = run_isolated(fw, arch, argv if argv is not None else sys.argv[1:], mode)
+                elif fw == "trl":
+                    res[key] = run_trl(model_dir, train, args)
                 else:
-                    res[fw] = run_trl(model_dir, train, args) if fw == "trl" else run_vlmrl(model_dir, train, args)
+                    res[key] = run_vlmrl(model_dir, train, args, mode)
             except Exception as exc:  # keep the other measurements of this (expensive) run
                 import traceback
 
                 traceback.print_exc()
-                res[fw] = {"error": f"{type(exc).__name__}: {exc}"}
+                res[key] = {"error": f"{type(exc).__name__}: {exc}"}
                 _free()
             report["results"][arch] = res
             if args.out:  # keep what is measured if a later framework runs out of time
@@ -485,6 +581,11 @@ def main(argv: list[str] | None = None) -> int:
         if all("prompts_per_hour" in res.get(fw, {}) for fw in ("trl", "vlm-rl")):
             res["ratio_prompts_per_hour"] = res["vlm-rl"]["prompts_per_hour"] / res["trl"]["prompts_per_hour"]
             res["ratio_peak_memory"] = res["vlm-rl"]["peak_memory_gb"] / res["trl"]["peak_memory_gb"]
+        pool = res.get("vlm-rl-pool", {})
+        for other in ("trl", "vlm-rl"):
+            if "prompts_per_hour" in pool and "prompts_per_hour" in res.get(other, {}):
+                res[f"ratio_pool_vs_{other}_prompts_per_hour"] = \
+                    pool["prompts_per_hour"] / res[other]["prompts_per_hour"]
         report["results"][arch] = res
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=2, default=str))
@@ -502,25 +603,29 @@ def print_table(report: dict) -> None:
     print(f"\n{report['device']}  (prompts x gens = {report['args']['prompts']} x {report['args']['generations']}, "
           f"{report['args']['new_tokens']} new tokens, {report['args']['image_size']} px, "
           f"LoRA r={report['args']['lora_r']})")
-    head = f"{'arch':5} {'framework':8} {'s/step':>7} {'gen s':>7} {'train s':>7} {'prompts/h':>10} " \
+    head = f"{'arch':5} {'framework':11} {'s/step':>7} {'gen s':>7} {'train s':>7} {'prompts/h':>10} " \
            f"{'s/prompt':>8} {'tok/s':>8} {'peak GB':>8}"
     print(head)
     for arch, res in report["results"].items():
-        for fw in ("trl", "vlm-rl"):
+        for fw in ("trl", "vlm-rl", "vlm-rl-pool"):
             r = res.get(fw)
             if not r:
                 continue
             if "error" in r:
-                print(f"{arch:5} {fw:8} ERROR {r['error'][:90]}")
+                print(f"{arch:5} {fw:11} ERROR {r['error'][:90]}")
                 continue
             ph = r["phase_seconds"]
             train = ph.get("training", ph.get("training_and_rest", 0.0))
-            print(f"{arch:5} {fw:8} {ph['step']:7.2f} {ph.get('generation', 0):7.2f} {train:7.2f} "
+            print(f"{arch:5} {fw:11} {ph['step']:7.2f} {ph.get('generation', 0):7.2f} {train:7.2f} "
                   f"{r['prompts_per_hour']:10.0f} {r['seconds_per_prompt']:8.3f} "
                   f"{r['completion_tokens_per_s']:8.0f} {r['peak_memory_gb']:8.2f}")
         if "ratio_prompts_per_hour" in res:
             print(f"{arch:5} ratio vlm-rl/TRL: prompts/h x{res['ratio_prompts_per_hour']:.2f}, "
                   f"peak memory x{res['ratio_peak_memory']:.2f}")
+        for other in ("trl", "vlm-rl"):
+            if f"ratio_pool_vs_{other}_prompts_per_hour" in res:
+                print(f"{arch:5} ratio vlm-rl-pool/{other}: prompts/h "
+                      f"x{res[f'ratio_pool_vs_{other}_prompts_per_hour']:.2f}")
         if "floor" in res:
             f = res["floor"]
             print(f"{arch:5} floor: decode {f['decode_floor_s']:.2f}s + prefill {f['prefill_floor_s']:.2f}s + "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import ray
 import torch
@@ -35,6 +36,17 @@ def split_evenly(items: list, parts: int) -> list[list]:
     return out
 
 
+@dataclass
+class RolloutHandle:
+    """A submitted step: per-actor result refs, the shards they were given, and the oldest weights allowed."""
+
+    step: int
+    num_generations: int
+    shards: list[list]
+    refs: dict[int, ray.ObjectRef]
+    min_version: int
+
+
 class RolloutPool:
     """Driver-side handle over the rollout actors (serialisable: it can be passed to Ray Train workers)."""
 
@@ -56,12 +68,15 @@ class RolloutPool:
         self._actor_gpus: list[str | None] | None = None
         self.last_sync: dict[str, float] = {}
         self.restarts_seen = 0
+        self._syncs: list[tuple[list, object, bool]] = []  # sent, not yet acknowledged (sync_weights wait=False)
 
-    def sync_weights(self, state_or_ref, version: int) -> float:
+    def sync_weights(self, state_or_ref, version: int, wait: bool = True) -> float:
         """Push the learners' weights (a state dict on CPU or GPU) to every actor; returns seconds spent.
 
         Actors on the sender's GPU get a CUDA IPC handle; the others one object-store copy. Records
-        ``last_sync``: seconds, bytes packed, and how many actors each transport served.
+        ``last_sync``: seconds, bytes packed, and how many actors each transport served. ``wait=False``
+        (asynchronous GRPO) returns once the update is sent: each actor applies it after the generates
+        submitted before it, and ``wait_for_sync`` (or a later ``collect``) checks that it landed.
         """
         t0 = time.perf_counter()
         ipc_workers, store_workers = self._split_by_transport(state_or_ref)
@@ -76,6 +91,34 @@ class RolloutPool:
             ref = self._store_ref()
             nbytes = nbytes or self._last_bytes
             pending += [(w, w.update_weights.remote(ref, version)) for w in store_workers]
+        self._syncs.append((pending, staged, bool(ipc_workers)))
+        del staged  # owned by self._syncs until every IPC receiver has copied out of it
+        if wait:
+            self.wait_for_sync()
+        else:
+            self._reap_syncs()
+        seconds = time.perf_counter() - t0
+        self.last_sync = {
+            "weight_sync/seconds": seconds,
+            "weight_sync/bytes": float(nbytes),
+            "weight_sync/actors_cuda_ipc": float(len(ipc_workers)),
+            "weight_sync/actors_object_store": float(len(store_workers)),
+        }
+        return seconds
+
+    def wait_for_sync(self) -> None:
+        """Block until every actor has loaded every update sent so far (restarting and re-sending to an actor
+        that died on the way)."""
+        while self._syncs:
+            self._finish_first_sync()
+
+    def _reap_syncs(self) -> None:
+        """Release the staging buffers of updates every actor has acknowledged, without waiting."""
+        while self._syncs and self._acknowledged(self._syncs[0][0]):
+            self._finish_first_sync()
+
+    def _finish_first_sync(self) -> None:
+        pending, staged, ipc = self._syncs.pop(0)
         for worker, done in pending:
             try:
                 ray.get(done)
@@ -86,16 +129,13 @@ class RolloutPool:
                 self._wait_alive(worker)
                 self._resync(worker)
         del staged  # every IPC receiver has copied out of it (their update_weights returned)
-        if ipc_workers:
+        if ipc:
             torch.cuda.ipc_collect()
-        seconds = time.perf_counter() - t0
-        self.last_sync = {
-            "weight_sync/seconds": seconds,
-            "weight_sync/bytes": float(nbytes),
-            "weight_sync/actors_cuda_ipc": float(len(ipc_workers)),
-            "weight_sync/actors_object_store": float(len(store_workers)),
-        }
-        return seconds
+
+    @staticmethod
+    def _acknowledged(pending: list) -> bool:
+        refs = [done for _, done in pending]
+        return not refs or len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
 
     def _split_by_transport(self, state) -> tuple[list, list]:
         """(actors reached by CUDA IPC, actors reached through the object store) for this state."""
@@ -136,9 +176,33 @@ class RolloutPool:
 
     def generate(self, prompts: list[PromptItem], num_generations: int, step: int, retries: int = 3) -> dict:
         """All completions of a step, ordered by prompt then sample; plus per-actor timings."""
+        return self.collect(self.submit(prompts, num_generations, step), retries)
+
+    def submit(self, prompts: list[PromptItem], num_generations: int, step: int) -> RolloutHandle:
+        """Start a step's generation on the actors and return at once (asynchronous GRPO keeps steps in flight).
+
+        Each actor runs its calls in order of arrival behind its weight lock, so this shard samples with the
+        newest weights sent before this call (``min_version``) or later; ``collect`` enforces it.
+        """
         shards = split_evenly(list(enumerate(prompts)), len(self.workers))
-        pending = {i: self.workers[i].generate.remote(shard, num_generations, step)
-                   for i, shard in enumerate(shards) if shard}
+        refs = {i: self.workers[i].generate.remote(shard, num_generations, step)
+                for i, shard in enumerate(shards) if shard}
+        return RolloutHandle(step, num_generations, shards, refs, min_version=self.version)
+
+    def ready(self, handle: RolloutHandle) -> bool:
+        """True when every shard of ``handle`` has answered (``collect`` would not wait)."""
+        refs = list(handle.refs.values())
+        return not refs or len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
+
+    def collect(self, handle: RolloutHandle, retries: int = 3) -> dict:
+        """Wait for a submitted step: all its completions, ordered by prompt then sample; plus timings.
+
+        A shard sampled with weights older than ``handle.min_version`` (its actor died and came back with
+        the base weights, or ran it before the update sent ahead of it) is re-sampled, so a step never
+        trains on completions more stale than the loop asked for.
+        """
+        shards, num_generations, step = handle.shards, handle.num_generations, handle.step
+        pending = dict(handle.refs)
         results: dict[int, dict] = {}
         attempts = dict.fromkeys(pending, 0)
         while pending:
@@ -150,31 +214,39 @@ class RolloutPool:
                     raise
                 reason = str(exc)
             else:
-                stale = {c.weights_version for c in result["completions"]} - {self.version}
+                stale = {v for v in (c.weights_version for c in result["completions"]) if v < handle.min_version}
                 if not stale or self._last_weights is None:
                     results[i] = result
                     del pending[i]
                     continue
                 if attempts[i] >= retries:
-                    raise RuntimeError(f"rollout actor {i} keeps answering with weights version {stale}, "
-                                       f"not {self.version}")
-                # Died and restarted between calls: it sampled with the base weights, so redo the shard.
-                reason = f"restarted between steps, sampled with weights version {sorted(stale)}"
+                    raise RuntimeError(f"rollout actor {i} keeps answering with weights version {sorted(stale)}, "
+                                       f"older than {handle.min_version}")
+                # Died and restarted between calls (base weights), or ran ahead of the update sent before it.
+                reason = f"sampled with weights version {sorted(stale)} < {handle.min_version}"
             attempts[i] += 1
             self.restarts_seen += 1
             log.warning("rollout actor %d failed (%s); waiting for its restart and retrying", i, reason)
             self._wait_alive(self.workers[i])
             self._resync(self.workers[i])
             pending[i] = self.workers[i].generate.remote(shards[i], num_generations, step)
+        self._reap_syncs()  # updates queued behind this step have landed by now: free their staging buffers
         completions: list[Completion] = []
         for i in sorted(results):
             completions.extend(results[i]["completions"])
         completions.sort(key=lambda c: c.prompt_index)  # stable: keeps sample order within a group
-        return {
+        out = {
             "completions": completions,
             "seconds": max((r["seconds"] for r in results.values()), default=0.0),
             "tokens": sum(r["tokens"] for r in results.values()),
+            # the slowest actor's phase split (prepare, decode and its laps, score)
+            "timings": max((r.get("timings", {}) for r in results.values()),
+                           key=lambda t: sum(t.get(k, 0.0) for k in ("prepare", "decode", "score")), default={}),
         }
+        peaks = [r["peak_memory_gb"] for r in results.values() if "peak_memory_gb" in r]
+        if peaks:
+            out["peak_memory_gb"] = max(peaks)
+        return out
 
     @staticmethod
     def _wait_alive(worker, timeout: float = 300.0) -> None:
@@ -200,6 +272,9 @@ class RolloutPool:
 
     def get_weights(self, index: int = 0, include_base: bool = False) -> dict:
         return ray.get(self.workers[index].get_weights.remote(include_base))
+
+    def engine_info(self, index: int = 0) -> dict:
+        return ray.get(self.workers[index].engine_info.remote())
 
     def versions(self) -> list[int]:
         return ray.get([w.version.remote() for w in self.workers])

@@ -126,6 +126,13 @@ class RolloutWorker:
         """True while a ``generate`` call holds the weights (lock-free: answers during it)."""
         return self._generating
 
+    def engine_info(self) -> dict:
+        """Which sampler runs here: engine (fast/hf), decode mode (graph/eager/...), LoRA modules folded."""
+        decoder = self.sampler.decoder
+        return {"engine": self.sampler.engine, "device": str(self.device),
+                "decode_mode": decoder.mode if decoder is not None else "hf-generate",
+                "merged_modules": decoder.merged_modules if decoder is not None else 0}
+
     def device_uuid(self) -> str | None:
         """The GPU this actor samples on (None on CPU): the pool uses CUDA IPC when it is the learner's."""
         return device_uuid(self.device) if self.device != "cpu" else None

@@ -226,6 +226,7 @@ class RolloutPool:
                 reason = f"sampled with weights version {sorted(stale)} < {handle.min_version}"
             attempts[i] += 1
             self.restarts_seen += 1
+            self._actor_gpus = None  # a restarted actor may sit on another GPU: ask again before the next sync
             log.warning("rollout actor %d failed (%s); waiting for its restart and retrying", i, reason)
             self._wait_alive(self.workers[i])
             self._resync(self.workers[i])

@@ -2,6 +2,10 @@
 
 Every collaborator comes in as an argument (learner, rollout source, sampler, comm, sinks), so a CPU
 test can drive the loop with small fakes and the Ray Train worker wires in the real ones.
+
+``max_staleness = k > 0`` is asynchronous GRPO: the rollouts of steps ``s+1 .. s+k`` are submitted before
+step ``s`` trains (``grpo/async_rollouts.py``) and the weights go out without waiting for the actors, so
+generation overlaps training. The "generation" phase is then the time the learners wait for rollouts.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 
 from vlm_rl.algos.advantages import group_advantages
 from vlm_rl.config import GRPOConfig
+from vlm_rl.grpo.async_rollouts import RolloutQueue
 from vlm_rl.learner.comm import Comm
 from vlm_rl.rollout.types import Completion, PromptItem
 
@@ -24,8 +29,8 @@ class LoopState:
     """What a checkpoint must restore for the run to continue exactly."""
 
     step: int = 0
-    samples: int = 0  # prompts consumed
-    cursor: int = 0  # sampler position
+    samples: int = 0  # prompts trained on
+    cursor: int = 0  # sampler position after the prompts trained on (in-flight ones are re-taken on resume)
     version: int = 0  # weights version held by the rollout pool
     sft_steps: int = 0
     history: list[dict] = field(default_factory=list)
@@ -85,15 +90,27 @@ def local_share(items: list[PromptItem], completions: list[Completion], advantag
     return items[lo:hi], local, advantages[mine]
 
 
-def sync_weights(learner, rollout, comm: Comm, version: int) -> None:
-    """Push the learners' weights to the rollout side; a colocated rollout reads them in place."""
+def sync_weights(learner, rollout, comm: Comm, version: int, wait: bool = True) -> None:
+    """Push the learners' weights to the rollout side; a colocated rollout reads them in place.
+
+    ``wait=False`` (asynchronous GRPO): return once sent; the actors load them after their in-flight work.
+    """
     if getattr(rollout, "shares_weights", False):
         rollout.sync_weights(None, version)
         return
     weights = learner.export_weights()  # collective under ZeRO-3
     if comm.rank == 0:
-        rollout.sync_weights(weights, version)
+        if wait:
+            rollout.sync_weights(weights, version)
+        else:
+            rollout.sync_weights(weights, version, wait=False)
     comm.barrier()
+
+
+def staleness_metrics(completions: list[Completion], learner_version: int) -> dict[str, float]:
+    """Updates between the weights that sampled each completion and the learner's (0 = on-policy)."""
+    lag = [learner_version - c.weights_version for c in completions]
+    return {"async/staleness_mean": sum(lag) / max(len(lag), 1), "async/staleness_max": float(max(lag, default=0))}
 
 
 def grpo_train(
@@ -130,38 +147,46 @@ def grpo_train(
     # Fresh (or restarted) rollout actors hold the base weights: always start from the learners'.
     state.version = max(state.version, 1)
     sync_weights(learner, rollout, comm, state.version)
+    stale = config.max_staleness
+    queue = RolloutQueue(rollout, sampler, prompts_per_step=config.prompts_per_step, num_generations=G,
+                         max_staleness=stale, last_step=config.num_steps, submit=rank == 0)
 
     while state.step < config.num_steps:
         timer = PhaseTimer()
         step = state.step + 1
         with timer.time("step"):
-            items = [PromptItem.from_sample(s) for s in sampler.take(config.prompts_per_step)]
+            entry = queue.fill(step)  # submits the rollouts of steps up to step + max_staleness
+            items = entry.items
             if hasattr(learner, "prefetch"):  # this rank's prompts are encoded on a thread during generation
                 per = len(items) // world
                 learner.prefetch(items[rank * per : (rank + 1) * per])
-            with timer.time("generation"):
-                out = rollout.generate(items, G, step) if rank == 0 else None
-                out = comm.broadcast(out)
+            with timer.time("generation"):  # asynchronous: the time spent waiting for the rollouts
+                out = comm.broadcast(queue.collect(step))
             completions: list[Completion] = out["completions"]
             rewards = torch.tensor([c.reward for c in completions], dtype=torch.float32)
             advantages = group_advantages(rewards, G, scale=config.scale_rewards)
             my_items, my_completions, my_adv = local_share(items, completions, advantages, rank, world, G)
-            if rank == 0 and step < config.num_steps and hasattr(rollout, "prefetch"):
-                # the next prompts' images are loaded and encoded on the CPU while the GPU trains
+            if rank == 0 and not stale and step < config.num_steps and hasattr(rollout, "prefetch"):
+                # the next prompts' images are loaded and encoded on the CPU while the GPU trains (on-policy
+                # only: asynchronous, the next step is already queued on the actors)
                 rollout.prefetch([PromptItem.from_sample(s) for s in sampler.peek(config.prompts_per_step)])
             with timer.time("training"):
                 train_metrics = comm.mean(learner.grpo_step(my_items, my_completions, my_adv))
             with timer.time("weight_sync"):
-                sync_weights(learner, rollout, comm, state.version + 1)
+                sync_weights(learner, rollout, comm, state.version + 1, wait=not stale)
+        learner_version = state.version
         state.step, state.version = step, state.version + 1
         state.samples += len(items)
-        state.cursor = sampler.cursor
+        state.cursor = entry.cursor
 
         elapsed = time.perf_counter() - run_start
-        metrics = {**train_metrics, **reward_metrics(completions, G)}
+        metrics = {**train_metrics, **reward_metrics(completions, G), **staleness_metrics(completions, learner_version)}
         metrics.update({f"time/{k}": v for k, v in timer.seconds.items()})
+        metrics["time/rollout"] = float(out.get("seconds", 0.0))  # the rollout side's own sampling seconds
+        metrics["async/in_flight"] = float(queue.in_flight)
         metrics["samples_per_hour"] = 3600.0 * (state.samples - samples_at_start) / max(elapsed, 1e-9)
-        metrics["tokens_per_second"] = out["tokens"] / max(timer.seconds["generation"], 1e-9)
+        sampling_seconds = metrics["time/rollout"] if stale else timer.seconds["generation"]
+        metrics["tokens_per_second"] = out["tokens"] / max(sampling_seconds, 1e-9)
         metrics["samples"] = float(state.samples)
         if torch.cuda.is_available():
             metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -169,6 +194,7 @@ def grpo_train(
             if sinks.on_rollouts:
                 sinks.on_rollouts(step, items, completions)
             if sinks.evaluate and config.eval_steps and step % config.eval_steps == 0:
+                _wait_for_sync(rollout)  # evaluate the newest weights, not ones an update is still queued behind
                 metrics.update(sinks.evaluate(step))
             state.history.append({"step": step, **metrics})
             if sinks.log_metrics:
@@ -177,7 +203,14 @@ def grpo_train(
                 sinks.progress(step, metrics)
         if sinks.checkpoint and _due(config, state, len(items)):
             sinks.checkpoint(state)
+    if rank == 0:
+        _wait_for_sync(rollout)  # the pool holds the final weights when the loop returns
     return state
+
+
+def _wait_for_sync(rollout) -> None:
+    if hasattr(rollout, "wait_for_sync"):
+        rollout.wait_for_sync()
 
 
 def _due(config: GRPOConfig, state: LoopState, batch: int) -> bool:

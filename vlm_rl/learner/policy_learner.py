@@ -6,6 +6,14 @@ import torch
 import torch.distributed as dist
 
 from vlm_rl.algos.grpo_loss import engine_loss_scale, grpo_loss
+from vlm_rl.algos.importance import (
+    EXTREMA_KEYS,
+    SUM_KEYS,
+    add_stats,
+    importance_metrics,
+    sampler_logprob_matrix,
+    truncated_is_weights,
+)
 from vlm_rl.config import BaseConfig, GRPOConfig
 from vlm_rl.learner.compiled_layers import CompiledLayers
 from vlm_rl.learner.engine import export_trainable_weights
@@ -49,6 +57,18 @@ def even_slices(n: int, parts: int) -> list[slice]:
         out.append(slice(start, stop))
         start = stop
     return out
+
+
+def has_sampler_logprobs(completions: list[Completion]) -> bool:
+    """True when the completions carry their sampler's per-token log-probs (the learner then applies the
+    truncated importance-sampling correction); a row whose count does not match its tokens is an error."""
+    if not any(c.sampling_logprobs for c in completions):
+        return False
+    for c in completions:
+        if len(c.sampling_logprobs) != len(c.completion_ids):
+            raise ValueError(f"sampling_logprobs: a completion of sample {c.sample_id!r} has "
+                             f"{len(c.sampling_logprobs)} log-probs for {len(c.completion_ids)} tokens")
+    return True
 
 
 class PolicyLearner:
@@ -149,6 +169,8 @@ class PolicyLearner:
         sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
         plan = self._plan(len(completions))
         steps_before = int(engine.global_steps)
+        # Truncated IS (algos/importance.py) whenever the sampler's log-probs came along, on- or off-policy.
+        tis, tis_stats = has_sampler_logprobs(completions), None
 
         encoding = self._prefetch.take(tuple(items))  # every prompt of the step, encoded once (usually prefetched)
         pad_id = self.processor.tokenizer.pad_token_id
@@ -175,6 +197,12 @@ class PolicyLearner:
                         with reference_context(engine.module, self.lora):
                             ref_logp = completion_logprobs(engine, batch, config.temperature)
             adv = advantages[sl].to(self.device, dtype=logp.dtype)
+            if tis:  # weight min(pi_learner / pi_sampler, cap) per token, on the policy-gradient term only
+                sampler_logp = sampler_logprob_matrix([c.sampling_logprobs for c in completions[sl]], logp.shape[1])
+                weights, stats = truncated_is_weights(logp, sampler_logp.to(self.device, logp.dtype), mask,
+                                                      config.tis_cap)
+                adv = adv[:, None] * weights  # [N, T] advantages: -min(r*A*w, clip(r)*A*w) = w * PG term (w>=0)
+                tis_stats = add_stats(tis_stats, stats) if live else tis_stats
             loss, metrics = grpo_loss(
                 logp, logp.detach(), ref_logp, adv, mask, beta=config.beta, eps_low=config.epsilon,
                 eps_high=config.clip_high, loss_type=config.loss_type,
@@ -197,7 +225,23 @@ class PolicyLearner:
             sums["kl"] += float(metrics.get("kl", 0.0)) * weight
             sums["clip_ratio"] += float(metrics.get("clip_ratio", 0.0)) * weight
         sums["grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
+        if tis:
+            sums.update(importance_metrics(self._global_tis_stats(tis_stats)))
         return sums
+
+    def _global_tis_stats(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's IS statistics over every rank (sums added, extrema kept): each rank reports the same
+        values, so the loop's mean over ranks leaves them as they are."""
+        sums = torch.stack([stats[k].double() for k in SUM_KEYS])
+        extrema = torch.stack([stats["ratio_max"].double(), -stats["ratio_min"].double()])
+        if self.world > 1 and dist.is_initialized():
+            device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+            sums, extrema = sums.to(device), extrema.to(device)
+            dist.all_reduce(sums)
+            dist.all_reduce(extrema, op=dist.ReduceOp.MAX)
+        out = dict(zip(SUM_KEYS, sums.tolist()))
+        out.update(zip(EXTREMA_KEYS, (extrema[0].item(), -extrema[1].item())))
+        return out
 
     def sft_step(self, items: list[PromptItem], target_ids: list[list[int]]) -> dict:
         """Supervised step: mean negative log-likelihood of the target answer tokens."""

@@ -105,3 +105,29 @@ def test_weight_update_waits_for_a_running_generate(tiny_model_dir, items):
     after = worker.get_weights(include_base=True)
     assert all(torch.equal(after[k], base[k]) for k in base)  # the fold was undone with the adapter it used
     assert all(torch.equal(worker.get_weights()[k], second[k]) for k in second)
+
+
+def test_fifo_lock_admits_callers_in_arrival_order():
+    import threading
+    import time
+
+    from vlm_rl.rollout.worker import FifoLock
+
+    lock, order, started = FifoLock(), [], []
+
+    def call(name):
+        started.append(name)
+        with lock:
+            order.append(name)
+
+    with lock:  # held while eight callers queue up one after another
+        threads = []
+        for i in range(8):
+            threads.append(threading.Thread(target=call, args=(i,)))
+            threads[-1].start()
+            while len(started) <= i:
+                time.sleep(0.001)
+            time.sleep(0.01)  # let it reach the wait
+    for t in threads:
+        t.join(timeout=10)
+    assert order == list(range(8))

@@ -26,6 +26,26 @@ from vlm_rl.rollout.weight_sync import Packed, device_uuid, open_packed
 __all__ = ["RolloutWorker", "eos_token_ids", "prepare_prompt", "sample_of", "trim_at_eos"]
 
 
+class FifoLock:
+    """A lock granted in the order it was asked for (``threading.Lock`` is not fair): a weight update that
+    reaches the actor between two generates (asynchronous GRPO) lands between them, not after both."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._next = 0  # next ticket to hand out
+        self._serving = 0  # ticket allowed in
+
+    def __enter__(self):
+        with self._cond:
+            ticket, self._next = self._next, self._next + 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc):
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
 class RolloutWorker:
     """Holds a policy copy; generates, scores, and accepts new weights from the learners."""
 
@@ -72,7 +92,7 @@ class RolloutWorker:
         )
         self.max_image_size = max_image_size
         self.worker_index = worker_index
-        self._lock = threading.Lock()  # generation and evaluation vs weight updates (see the module doc)
+        self._lock = FifoLock()  # generation and evaluation vs weight updates (see the module doc)
         self._generating = False
 
     @property

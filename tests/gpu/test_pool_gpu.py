@@ -4,8 +4,9 @@
   generate on greedy tokens and on their log-probs, for both Qwen VL families;
 * weights reach the actors bit for bit, through CUDA IPC (learner and actor on one GPU; state on the GPU or
   staged from the CPU, several syncs in a row) and through the object store, LoRA and full;
-* a pool-mode GRPO run (Ray Train learner on 0.5 GPU with DeepSpeed, one rollout actor on the other 0.5)
-  completes its steps, syncs through CUDA IPC and leaves the actor holding the learner's weights.
+* a pool-mode GRPO run (Ray Train learner on 0.5 GPU with DeepSpeed, one rollout actor on the other 0.5),
+  on-policy and asynchronous (max_staleness 1), completes its steps, syncs through CUDA IPC and leaves the
+  actor holding the learner's weights.
 """
 
 from __future__ import annotations
@@ -113,8 +114,9 @@ def test_weights_equal_after_sync_ipc_and_object_store(lora_rank, tiny_model_dir
         store.shutdown()
 
 
-def test_pool_grpo_run_with_learner_and_actor_sharing_the_gpu(tiny_model_dir, synthetic_dataset, ray_cluster,
-                                                              tmp_path):
+@pytest.mark.parametrize("max_staleness", [0, 1], ids=["sync", "async"])
+def test_pool_grpo_run_with_learner_and_actor_sharing_the_gpu(max_staleness, tiny_model_dir, synthetic_dataset,
+                                                              ray_cluster, tmp_path):
     from vlm_rl.config import GRPOConfig
     from vlm_rl.grpo.job import make_rollout_pool, prepare_run, run_grpo
     from vlm_rl.learner.checkpoint import load_weights
@@ -123,7 +125,7 @@ def test_pool_grpo_run_with_learner_and_actor_sharing_the_gpu(tiny_model_dir, sy
         model_path=str(tiny_model_dir), train_data=str(synthetic_dataset[0]), output_dir=str(tmp_path / "run"),
         rollout_mode="pool", use_gpu=True, bf16=True, num_learners=1, gpus_per_learner=0.5,
         num_rollout_workers=1, rollout_gpus=0.5, lora_r=8, num_steps=2, prompts_per_step=2, num_generations=4,
-        max_new_tokens=32, max_image_size=128, zero_stage=2, log_images_every=0,
+        max_new_tokens=32, max_image_size=128, zero_stage=2, log_images_every=0, max_staleness=max_staleness,
     )
     prepared, labels = prepare_run(config)
     pool = make_rollout_pool(prepared, labels)

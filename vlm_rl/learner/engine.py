@@ -50,10 +50,13 @@ def build_engine(model, config: BaseConfig, micro_batch: int, accumulation: int 
     return engine
 
 
-def export_trainable_weights(engine, lora: bool, zero_stage: int) -> dict[str, torch.Tensor] | None:
+def export_trainable_weights(engine, lora: bool, zero_stage: int,
+                            bucket_bytes: int = 1 << 28) -> dict[str, torch.Tensor] | None:
     """Trainable weights as a CPU state dict on rank 0 (None elsewhere): the LoRA adapter alone under LoRA.
 
-    Under ZeRO-3 parameters are sharded, so every rank must take part in the gather.
+    Under ZeRO-3 parameters are sharded, so every rank takes part in the gather; it goes bucket by bucket
+    (``bucket_bytes`` of full-size parameters at a time, a single parameter if larger), so no rank ever
+    holds more than one bucket of gathered weights besides rank 0's CPU copy.
     """
     import deepspeed
 
@@ -61,9 +64,10 @@ def export_trainable_weights(engine, lora: bool, zero_stage: int) -> dict[str, t
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     rank = dist.get_rank() if dist.is_initialized() else 0
     state: dict[str, torch.Tensor] = {}
-    with deepspeed.zero.GatheredParameters([p for _, p in named], enabled=zero_stage == 3):
-        if rank == 0:
-            state = {n: p.detach().to("cpu", copy=True) for n, p in named}
+    for bucket in _buckets(named, bucket_bytes if zero_stage == 3 else None):
+        with deepspeed.zero.GatheredParameters([p for _, p in bucket], enabled=zero_stage == 3):
+            if rank == 0:
+                state.update((n, p.detach().to("cpu", copy=True)) for n, p in bucket)
     if rank != 0:
         return None
     if lora:
@@ -71,3 +75,20 @@ def export_trainable_weights(engine, lora: bool, zero_stage: int) -> dict[str, t
 
         return dict(get_peft_model_state_dict(model, state_dict=state))
     return state
+
+
+def _buckets(named: list, bucket_bytes: int | None) -> list[list]:
+    """Consecutive parameters, at most ``bucket_bytes`` of full-size (gathered) weights each; None: one bucket."""
+    if bucket_bytes is None:
+        return [named] if named else []
+    out, current, size = [], [], 0
+    for name, p in named:
+        nbytes = getattr(p, "ds_numel", p.numel()) * p.element_size()
+        if current and size + nbytes > bucket_bytes:
+            out.append(current)
+            current, size = [], 0
+        current.append((name, p))
+        size += nbytes
+    if current:
+        out.append(current)
+    return out

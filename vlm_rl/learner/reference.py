@@ -73,11 +73,20 @@ def _zero3_copy(policy, config: BaseConfig):
         "bf16": {"enabled": dtype == torch.bfloat16},
         "steps_per_print": 10**9,
     }
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    # Partitioned at construction; no random init (it cannot index empty partitions, and every weight is copied).
+    # dtype comes from ds_config's bf16 flag (zero.Init's own ``dtype=`` argument is ignored off-GPU).
+    with deepspeed.zero.Init(config_dict_or_path=ds_config), no_init_weights():
         ref = type(policy)._from_config(copy.deepcopy(policy.config), dtype=dtype)  # it writes dtype on it
+        ref.tie_weights()  # init_weights would have tied them (tied embeddings: lm_head is embed_tokens)
     src, dst = list(policy.named_parameters()), list(ref.named_parameters())
     if [n for n, _ in src] != [n for n, _ in dst]:
-        raise RuntimeError("reference: the ZeRO-3 copy's parameters do not match the policy's")
+        theirs, ours = {n for n, _ in src}, {n for n, _ in dst}
+        raise RuntimeError(f"reference: the ZeRO-3 copy's parameters do not match the policy's: only in the "
+                           f"policy {sorted(theirs - ours)[:4]}, only in the copy {sorted(ours - theirs)[:4]}")
     rank = dist.get_rank() if dist.is_initialized() else 0
     with torch.no_grad():
         for (_, s), (_, d) in zip(src, dst):  # one parameter at a time: never a whole model on a rank

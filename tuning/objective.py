@@ -24,7 +24,9 @@ class ObjectiveWeights:
     """How much each kind of instability costs, in units of mean reward."""
 
     kl_band: tuple[float, float] = (0.01, 0.05)
-    kl: float = 0.1  # × fraction of steps (after the first) with KL outside kl_band; only when beta > 0
+    # × fraction of steps (after the first) with KL outside kl_band; only when beta > 0 (then the KL is
+    # measured to a real reference, LoRA or full fine-tuning alike: issue 15)
+    kl: float = 0.1
     oscillation: float = 0.5  # × std of successive loss differences
     collapse: float = 1.0  # × drop of the (smoothed) reward from its best so far
     alarm: float = 0.1  # × health alarms

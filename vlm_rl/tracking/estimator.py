@@ -290,7 +290,9 @@ def _model_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[di
     shards = config.num_learners
     weights = n * BYTES_PER_PARAM / (shards if config.zero_stage == 3 else 1)
     if config.lora_r == 0 and config.beta > 0:
-        weights *= 2  # a frozen reference copy (LoRA uses the base model with the adapter off)
+        # a frozen reference copy, sharded like the policy under ZeRO-3 (vlm_rl/learner/reference.py);
+        # LoRA uses the base model with the adapter off
+        weights *= 2
     grads = trainable * GRAD_BYTES_PER_TRAINABLE / (shards if config.zero_stage >= 2 else 1)
     optimizer = trainable * ADAM_BYTES_PER_TRAINABLE / (shards if config.zero_stage >= 1 else 1)
     micro_tokens = config.num_generations * seq  # one prompt's group per micro-batch

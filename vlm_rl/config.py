@@ -121,8 +121,13 @@ class GRPOConfig(BaseConfig):
     prompts_per_step: int = Field(4, ge=1, description="prompts per optimizer step, over all learners")
     num_steps: int = Field(20, ge=1)
     beta: float = Field(0.04, ge=0, description="KL coefficient to the reference; 0 = no reference pass")
-    epsilon: float = Field(0.2, gt=0, lt=1, description="lower clip of the policy ratio")
-    epsilon_high: float | None = Field(None, gt=0, description="upper clip (DAPO clip-higher); None = epsilon")
+    # The clip acts only where the old log-probs differ from the current policy's: one update per rollout
+    # on-policy (max_staleness=0) has ratio 1 everywhere, so epsilon/epsilon_high and clip_ratio matter in
+    # asynchronous mode (max_staleness > 0, with the truncated importance-sampling correction, tis_cap).
+    epsilon: float = Field(0.2, gt=0, lt=1, description="lower clip of the policy ratio (acts only off-policy: "
+                           "asynchronous mode, max_staleness > 0)")
+    epsilon_high: float | None = Field(None, gt=0, description="upper clip (DAPO clip-higher); None = epsilon; "
+                                       "acts only off-policy, as epsilon")
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
     max_new_tokens: int = Field(96, ge=1)

@@ -28,4 +28,5 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     tensor([0.0000, 0.7183])
     """
     log_ratio = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    return torch.exp(log_ratio) - log_ratio - 1
+    # expm1: exp(r) - 1 without cancellation, so a small KL (r ~ 1e-4) stays positive in fp32 / bf16
+    return torch.expm1(log_ratio) - log_ratio

@@ -49,11 +49,12 @@ def make_rollout_pool(config: GRPOConfig, labels: list[str]):
 
 
 def run_grpo(config: GRPOConfig, *, parent_run_id: str | None = None, run_name: str | None = None,
-             storage_path: str | None = None, pool=None) -> dict:
+             storage_path: str | None = None, pool=None, advantage_scale: float = 1.0) -> dict:
     """Run GRPO to ``config.num_steps``; returns the summary (also in <output_dir>/summary.json).
 
     ``pool``: an existing rollout pool (kept alive afterwards, e.g. to inspect its weights); else one is
-    made for the run and shut down at the end.
+    made for the run and shut down at the end. ``advantage_scale=0`` makes a same-seed control run: the
+    same warm-up, prompts and sampling, with the policy-gradient signal removed.
     """
     from vlm_rl.grpo.worker import train_grpo_worker
 
@@ -66,7 +67,7 @@ def run_grpo(config: GRPOConfig, *, parent_run_id: str | None = None, run_name: 
         {
             "config": config.model_dump(mode="json"), "rollout_pool": pool, "labels": labels,
             "parent_run_id": parent_run_id, "run_name": run_name or config.run_name,
-            "micro_batch_size": config.micro_batch_size,
+            "micro_batch_size": config.micro_batch_size, "advantage_scale": advantage_scale,
         },
         config, "grpo", storage_path,
     )

@@ -63,6 +63,7 @@ def train_grpo_worker(cfg: dict) -> None:
     else:
         engine = build_engine(model, config, micro_batch=micro, accumulation=accumulation)
     learner = PolicyLearner(engine, processor, family, config, labels, micro_batch_size=micro)
+    learner.advantage_scale = float(cfg.get("advantage_scale", 1.0))
     if not config.sft_warmup_steps:
         # Full fine-tuning with beta > 0: freeze the starting weights as the KL reference now, before any
         # resume, so a restarted run measures KL to the same reference. (After an SFT warm-up the learner

@@ -86,6 +86,7 @@ class PolicyLearner:
         self.accumulation = int(engine.gradient_accumulation_steps())
         self.world = int(getattr(engine, "dp_world_size", 1))  # ranks the engine averages gradients over
         self.reference: FrozenReference | None = None  # full fine-tuning with beta > 0: see take_reference
+        self.advantage_scale = 1.0  # 0: a control run (same seed, no policy-gradient signal; run_grpo)
         self.device = engine.device
         self.compiled = CompiledLayers(engine.module, enabled=config.compile_layers)
         self._prefetch = Prefetcher(self._encode, "vlmrl-learner-prefetch")  # prompts -> their encoding
@@ -154,6 +155,8 @@ class PolicyLearner:
     def grpo_step(self, items: list[PromptItem], completions: list[Completion], advantages: torch.Tensor) -> dict:
         """One optimizer step over this rank's completions (``items[c.prompt_index]`` is each one's prompt)."""
         self.take_reference()  # outside the compiled switch: the copy gets plain layers
+        if self.advantage_scale != 1.0:
+            advantages = advantages * self.advantage_scale
         self.engine.train()  # before the switch: it picks the checkpointed variant from the train flag
         with self.compiled.active():
             return self._grpo_step(items, completions, advantages)

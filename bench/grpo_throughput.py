@@ -110,7 +110,7 @@ def summarise(name: str, step_rows: list[dict], args) -> dict:
 
 # -- vlm-rl ---------------------------------------------------------------------------------------------
 #: result key of each vlm-rl rollout mode
-MODE_KEYS = {"colocated": "vlm-rl", "pool": "vlm-rl-pool"}
+MODE_KEYS = {"colocated": "vlm-rl", "pool": "vlm-rl-pool", "pool-async": "vlm-rl-pool-async"}
 
 
 def start_pool(model_dir: Path, args, gpu: bool):
@@ -147,16 +147,18 @@ def run_vlmrl(model_dir: Path, train: str, args, mode: str = "colocated") -> dic
     if args.engine == "deepspeed":  # one DeepSpeed rank, no MPI (LocalEngine needs no process group; left
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):  # unset, TRL after it
             os.environ.setdefault(key, value)  # does not try an env:// rendezvous)
-    pool_mode = mode == "pool"
+    pool_mode = mode in ("pool", "pool-async")
+    # "pool-async" is the pool with max(1, --max-staleness), so one call measures sync and async side by side
+    staleness = (max(1, args.max_staleness) if mode == "pool-async" else args.max_staleness) if pool_mode else 0
     config = GRPOConfig(
         model_path=str(model_dir), train_data=train, max_image_size=args.image_size, num_learners=1,
         use_gpu=gpu, bf16=gpu, zero_stage=0, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
         num_generations=args.generations, prompts_per_step=args.prompts, num_steps=args.warmup + args.steps,
         beta=args.beta, loss_type="dapo", max_new_tokens=args.new_tokens, learning_rate=1e-5,
-        rollout_mode=mode, output_dir=tempfile.mkdtemp(prefix="vlmrl-bench-"),
+        rollout_mode="pool" if pool_mode else mode, output_dir=tempfile.mkdtemp(prefix="vlmrl-bench-"),
         micro_batch_size=args.micro_batch, compile_layers=args.compile_learner,
         compile_decode=args.compile_decode and not pool_mode,  # the actor gets it through its own kwargs
-        max_staleness=args.max_staleness if pool_mode else 0,
+        max_staleness=staleness,
         rollout_engine="hf" if args.hf_generate else "fast", rollout_gpus=args.rollout_gpus if pool_mode else 0.0,
         gpus_per_learner=1.0 - args.rollout_gpus if pool_mode and gpu else 1.0,
     )
@@ -581,11 +583,12 @@ def main(argv: list[str] | None = None) -> int:
         if all("prompts_per_hour" in res.get(fw, {}) for fw in ("trl", "vlm-rl")):
             res["ratio_prompts_per_hour"] = res["vlm-rl"]["prompts_per_hour"] / res["trl"]["prompts_per_hour"]
             res["ratio_peak_memory"] = res["vlm-rl"]["peak_memory_gb"] / res["trl"]["peak_memory_gb"]
-        pool = res.get("vlm-rl-pool", {})
-        for other in ("trl", "vlm-rl"):
-            if "prompts_per_hour" in pool and "prompts_per_hour" in res.get(other, {}):
-                res[f"ratio_pool_vs_{other}_prompts_per_hour"] = \
-                    pool["prompts_per_hour"] / res[other]["prompts_per_hour"]
+        for pool_key, name in (("vlm-rl-pool", "pool"), ("vlm-rl-pool-async", "pool_async")):
+            pool = res.get(pool_key, {})
+            for other in ("trl", "vlm-rl", "vlm-rl-pool"):
+                if other != pool_key and "prompts_per_hour" in pool and "prompts_per_hour" in res.get(other, {}):
+                    res[f"ratio_{name}_vs_{other}_prompts_per_hour"] = \
+                        pool["prompts_per_hour"] / res[other]["prompts_per_hour"]
         report["results"][arch] = res
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=2, default=str))
@@ -603,29 +606,27 @@ def print_table(report: dict) -> None:
     print(f"\n{report['device']}  (prompts x gens = {report['args']['prompts']} x {report['args']['generations']}, "
           f"{report['args']['new_tokens']} new tokens, {report['args']['image_size']} px, "
           f"LoRA r={report['args']['lora_r']})")
-    head = f"{'arch':5} {'framework':11} {'s/step':>7} {'gen s':>7} {'train s':>7} {'prompts/h':>10} " \
+    head = f"{'arch':5} {'framework':17} {'s/step':>7} {'gen s':>7} {'train s':>7} {'prompts/h':>10} " \
            f"{'s/prompt':>8} {'tok/s':>8} {'peak GB':>8}"
     print(head)
     for arch, res in report["results"].items():
-        for fw in ("trl", "vlm-rl", "vlm-rl-pool"):
+        for fw in ("trl", *MODE_KEYS.values()):
             r = res.get(fw)
             if not r:
                 continue
             if "error" in r:
-                print(f"{arch:5} {fw:11} ERROR {r['error'][:90]}")
+                print(f"{arch:5} {fw:17} ERROR {r['error'][:90]}")
                 continue
             ph = r["phase_seconds"]
             train = ph.get("training", ph.get("training_and_rest", 0.0))
-            print(f"{arch:5} {fw:11} {ph['step']:7.2f} {ph.get('generation', 0):7.2f} {train:7.2f} "
+            print(f"{arch:5} {fw:17} {ph['step']:7.2f} {ph.get('generation', 0):7.2f} {train:7.2f} "
                   f"{r['prompts_per_hour']:10.0f} {r['seconds_per_prompt']:8.3f} "
                   f"{r['completion_tokens_per_s']:8.0f} {r['peak_memory_gb']:8.2f}")
         if "ratio_prompts_per_hour" in res:
             print(f"{arch:5} ratio vlm-rl/TRL: prompts/h x{res['ratio_prompts_per_hour']:.2f}, "
                   f"peak memory x{res['ratio_peak_memory']:.2f}")
-        for other in ("trl", "vlm-rl"):
-            if f"ratio_pool_vs_{other}_prompts_per_hour" in res:
-                print(f"{arch:5} ratio vlm-rl-pool/{other}: prompts/h "
-                      f"x{res[f'ratio_pool_vs_{other}_prompts_per_hour']:.2f}")
+        for key in sorted(k for k in res if k.startswith("ratio_pool")):
+            print(f"{arch:5} {key.removesuffix('_prompts_per_hour')}: prompts/h x{res[key]:.2f}")
         if "floor" in res:
             f = res["floor"]
             print(f"{arch:5} floor: decode {f['decode_floor_s']:.2f}s + prefill {f['prefill_floor_s']:.2f}s + "

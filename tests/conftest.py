@@ -58,6 +58,10 @@ def _kill_session(sid: int) -> None:
             time.sleep(0.2)
 
 
+#: `ray ...` without the console script: Ray's CLI entry point, run by this interpreter.
+RAY_CLI = "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real head node started with `ray start --head --block`; yields {address, dashboard_url}.
@@ -69,9 +73,11 @@ def ray_cluster():
     import ray
 
     port, dash = free_port(), free_port()
-    ray_bin = str(Path(sys.executable).parent / "ray")
+    ray_bin = Path(sys.executable).parent / "ray"
+    # Where Ray was installed with --target (the GPU machine's carried wheels) there is no `ray` script.
+    launcher = [str(ray_bin)] if ray_bin.is_file() else [sys.executable, "-c", RAY_CLI]
     cmd = [
-        ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=8", "--dashboard-host=127.0.0.1",
+        *launcher, "start", "--head", "--block", f"--port={port}", "--num-cpus=8", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}", f"--temp-dir={os.environ['RAY_TMPDIR']}", "--disable-usage-stats",
         "--include-dashboard=true",
         # Ray's fixed default agent ports clash when another Ray instance runs on the machine.
@@ -80,7 +86,7 @@ def ray_cluster():
     ]
     log = open(_TMP / "ray-start.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO),
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                                  "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
     address = f"127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -50,6 +50,17 @@ def _device_of(pool) -> torch.device:
     return torch.device("cuda", index[0])
 
 
+def _tie_embeddings(state: dict[str, torch.Tensor]) -> None:
+    """The tiny models tie lm_head to the input embedding: one tensor under two names, so a random state must
+    give both names the same values (else whichever loads last wins and the other name differs)."""
+    heads = [k for k in state if k.endswith("lm_head.weight")]
+    embeds = [k for k in state if k.endswith("embed_tokens.weight")]
+    for head in heads:
+        for embed in embeds:
+            if state[head].shape == state[embed].shape:
+                state[head] = state[embed]
+
+
 def _rough_state(model_dir, seed: int) -> dict[str, torch.Tensor]:
     """Full float32 weights with larger random text weights (varied greedy answers, not one repeated token)."""
     model = load_model(model_dir, dtype=torch.float32)
@@ -99,6 +110,7 @@ def test_weights_equal_after_sync_ipc_and_object_store(lora_rank, tiny_model_dir
         for round_, where in enumerate(["gpu", "cpu", "gpu"]):  # several syncs: handles reopened each time
             gen = torch.Generator().manual_seed(round_)
             state = {k: (torch.randn(v.shape, generator=gen) * 0.1).to(v.dtype) for k, v in template.items()}
+            _tie_embeddings(state)
             sent = {k: v.to(device) for k, v in state.items()} if where == "gpu" else state
             ipc.sync_weights(sent, version=round_ + 1)
             store.sync_weights(sent, version=round_ + 1)

@@ -204,7 +204,9 @@ class RolloutEngine:
                 torch.manual_seed(seed)
                 out = module.generate(
                     **enc, do_sample=not greedy, max_new_tokens=self.max_new_tokens,
-                    min_new_tokens=self.min_new_tokens or None, num_return_sequences=num_generations,
+                    min_new_tokens=self.min_new_tokens or None,
+                    # greedy answers of one prompt are identical, and HF refuses several greedy returns:
+                    num_return_sequences=1 if greedy else num_generations,
                     eos_token_id=self.eos_ids, pad_token_id=self.pad_id, suppress_tokens=list(NEVER_GENERATE),
                     use_cache=True, return_dict_in_generate=True, output_logits=self.logprobs, **sampling,
                 )
@@ -212,15 +214,16 @@ class RolloutEngine:
             if was_training:
                 module.train()
         generated = out.sequences[:, enc["input_ids"].shape[1]:]
+        repeat = num_generations if greedy else 1
         if not self.logprobs:
-            return generated, None
+            return generated.repeat_interleave(repeat, dim=0), None
         # out.logits: the raw (unprocessed) logits of each step; one step at a time keeps memory to [N, V]
         scale = self.temperature if not greedy else 1.0
         logps = torch.zeros(generated.shape, dtype=torch.float32, device=generated.device)
         for t, logits in enumerate(out.logits):
             scores = logits.float() / scale if scale != 1.0 else logits.float()
             logps[:, t] = scores.gather(-1, generated[:, t : t + 1]).squeeze(-1) - scores.logsumexp(dim=-1)
-        return generated, logps
+        return generated.repeat_interleave(repeat, dim=0), logps.repeat_interleave(repeat, dim=0)
 
     # -- evaluation / lifetime -----------------------------------------------------------------
     def evaluate(self, val_data: str, limit: int | None = None) -> dict[str, float]:

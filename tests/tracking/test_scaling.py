@@ -38,8 +38,12 @@ def test_decode_is_weight_bound_so_a_fixed_batch_gains_little_from_more_rollout_
 def test_zero3_gathers_and_full_weight_sync_cost_time():
     lora, full = PhaseModel(), PhaseModel(sync_bytes=16.4e9, train_multiplier=1.5)
     assert full.sync_s(same_gpu=False) > 40 * lora.sync_s(same_gpu=False)
-    assert lora.sync_s(same_gpu=False, cross_node=True) > lora.sync_s(same_gpu=False)
-    assert lora.sync_s(same_gpu=True) == 0.0
+    assert lora.sync_s(same_gpu=False, transport="nccl", cross_node=True) > lora.sync_s(same_gpu=False,
+                                                                                         transport="nccl")
+    assert lora.sync_s(same_gpu=False, transport="nccl") < lora.sync_s(same_gpu=False)
+    assert lora.sync_s(same_gpu=True) == pytest.approx(0.21)
+    with pytest.raises(ValueError, match="transport"):
+        lora.sync_s(same_gpu=False, transport="carrier-pigeon")
     compute_only = 32 * lora.train_s_per_seq / 2
     assert lora.training_s(8, 2) > compute_only
 

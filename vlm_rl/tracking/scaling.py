@@ -25,7 +25,9 @@ class Links:
 
     nvlink: float = 360 * GB  # H100/H200 SXM NVLink 4: 450 GB/s per direction, ~80% in NCCL collectives
     infiniband: float = 45 * GB  # one 400 Gb/s NIC per GPU
-    object_store: float = 5 * GB  # GPU -> host -> shared memory -> host -> GPU through Ray's object store
+    #: GPU -> host -> Ray object store -> host -> GPU (a flat numpy buffer, no unpickling); an assumption: a
+    #: pickled torch tensor measured 0.27 GB/s on the H200 (.scratch probe), memcpy-bound paths reach ~5 GB/s
+    object_store: float = 2 * GB
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,9 @@ class PhaseModel:
     train_multiplier: float = 1.0  # 1.5 for full fine-tuning (6N instead of ~4N FLOPs per token)
     zero3_gathers: int = 3  # weight all-gathers per micro-batch under ZeRO-3 (fwd, recompute, bwd)
     zero3_param_bytes: float = 16.4 * GB  # bf16 weights of the whole 8B model
-    sync_bytes: float = 0.35 * GB  # LoRA r=64 adapter of the 8B text model (bf16); full weights: 16.4 GB
+    sync_bytes: float = 0.349 * GB  # LoRA r=64 adapter of the 8B text model (bf16, measured); full: 16.4 GB
+    #: measured weight_sync phase, learner and actor on one H200 (export to host, CUDA IPC hand-off, load)
+    same_gpu_sync_s: float = 0.21
     links: Links = field(default_factory=Links)
 
     def decode_s_per_token(self, sequences: float) -> float:
@@ -69,19 +73,24 @@ class PhaseModel:
         gather = self.zero3_gathers * self.zero3_param_bytes * (learner_gpus - 1) / learner_gpus
         return compute + gather / self.links.nvlink
 
-    def sync_s(self, same_gpu: bool, cross_node: bool = False) -> float:
+    def sync_s(self, same_gpu: bool, transport: str = "object_store", cross_node: bool = False) -> float:
+        """Seconds to move the trainable weights to the actors. ``object_store`` is what vlm-rl does between
+        GPUs today; ``nccl`` (a broadcast group between learner rank 0 and the actors) is not built yet."""
         if same_gpu:
-            return 0.0  # CUDA IPC: the actor maps the learner's tensors, nothing is copied
-        bandwidth = self.links.infiniband if cross_node else self.links.nvlink
-        return self.sync_bytes / bandwidth
+            return self.same_gpu_sync_s
+        if transport == "nccl":
+            return self.sync_bytes / (self.links.infiniband if cross_node else self.links.nvlink)
+        if transport != "object_store":
+            raise ValueError(f"transport: expected 'object_store' or 'nccl', got {transport!r}")
+        return self.sync_bytes / min(self.links.object_store, self.links.infiniband)
 
     def step(self, *, rollout_gpus: int, learner_gpus: int, prompts: int, staleness: int,
-             cross_node: bool = False) -> StepEstimate:
+             transport: str = "object_store", cross_node: bool = False) -> StepEstimate:
         """Seconds per step. Synchronous: sample, train, sync in turn. Asynchronous (staleness >= 1): the pool
         samples step k+1 while the learners train step k; the sync waits for both."""
         gen = self.generation_s(prompts, rollout_gpus)
         train = self.training_s(prompts, learner_gpus)
-        sync = self.sync_s(same_gpu=False, cross_node=cross_node)
+        sync = self.sync_s(same_gpu=False, transport=transport, cross_node=cross_node)
         total = max(gen, train) + sync if staleness else gen + train + sync
         return StepEstimate(rollout_gpus, learner_gpus, prompts, staleness, gen, train, sync, total)
 
@@ -113,23 +122,25 @@ class StepEstimate:
         return 3600.0 * self.prompts / self.total
 
 
-def best_split(model: PhaseModel, gpus: int, prompts: int, staleness: int) -> StepEstimate:
+def best_split(model: PhaseModel, gpus: int, prompts: int, staleness: int,
+               transport: str = "object_store") -> StepEstimate:
     """The rollout/learner split of ``gpus`` (at least one of each) with the most prompts/hour."""
     if gpus < 2:
         raise ValueError(f"gpus: a pool needs at least 2 GPUs (one rollout, one learner), got {gpus}")
-    options = [model.step(rollout_gpus=r, learner_gpus=gpus - r, prompts=prompts, staleness=staleness)
-               for r in range(1, gpus)]
+    options = [model.step(rollout_gpus=r, learner_gpus=gpus - r, prompts=prompts, staleness=staleness,
+                          transport=transport) for r in range(1, gpus)]
     return max(options, key=lambda e: e.prompts_per_hour)
 
 
-def scaling_table(model: PhaseModel, gpu_counts=(2, 4, 8), prompts_per_gpu: int = 8) -> list[dict]:
+def scaling_table(model: PhaseModel, gpu_counts=(2, 4, 8), prompts_per_gpu: int = 8,
+                  transport: str = "object_store") -> list[dict]:
     """Rows of prompts/hour for the colocated one-GPU baseline and each GPU count, sync and async."""
     base = model.colocated(prompts_per_gpu)
     rows = [{"gpus": 1, "mode": "colocated", "split": "1 (shared)", "prompts": prompts_per_gpu,
              "step_s": base.total, "prompts_per_hour": base.prompts_per_hour, "per_gpu_efficiency": 1.0}]
     for gpus in gpu_counts:
         for staleness in (0, 1):
-            best = best_split(model, gpus, prompts_per_gpu * gpus, staleness)
+            best = best_split(model, gpus, prompts_per_gpu * gpus, staleness, transport)
             rows.append({
                 "gpus": gpus, "mode": "async (staleness 1)" if staleness else "sync",
                 "split": f"{best.rollout_gpus} rollout + {best.learner_gpus} learner", "prompts": best.prompts,

@@ -50,6 +50,9 @@ def test_parent_run_has_two_nested_trials(sweep):
         assert child.data.tags["vlm_rl.sweep.status"] in {r["status"] for r in sweep["rows"]}
         assert "sweep/objective" in child.data.metrics
         assert [m.step for m in client.get_metric_history(child.info.run_id, "reward/total")][0] == 1
+        if float(child.data.params["beta"]) > 0:  # full fine-tuning (lora_r=0): a frozen reference (issue 15)
+            kl = [m.value for m in sorted(client.get_metric_history(child.info.run_id, "kl"), key=lambda m: m.step)]
+            assert kl[0] == 0.0 and (len(kl) == 1 or max(kl[1:]) > 0), kl
 
 
 def test_parent_artifacts_and_table(sweep):

@@ -178,7 +178,7 @@ def run_vlmrl(model_dir: Path, train: str, args, mode: str = "colocated") -> dic
     if pool_mode:
         rollout = start_pool(model_dir, args, gpu)
         actor_out: dict = {}
-        _keep_last_result(rollout, "generate", actor_out)
+        _keep_last_result(rollout, "collect", actor_out)  # generate is collect(submit); async calls collect
     else:
         rollout = ColocatedRollout(engine, processor, family, labels=labels, max_image_size=args.image_size,
                                    max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, seed=0,

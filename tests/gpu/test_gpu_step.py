@@ -19,9 +19,9 @@ from vlm_rl.learner.policy_learner import PolicyLearner
 from vlm_rl.models.loading import load_model, load_processor
 from vlm_rl.models.prompts import detection_instruction, encode_prompts
 from vlm_rl.rollout.colocated import ColocatedRollout
+from vlm_rl.rollout.engine import eos_token_ids, prepare_prompt
 from vlm_rl.rollout.fast_decode import StaticDecoder
 from vlm_rl.rollout.types import PromptItem
-from vlm_rl.rollout.worker import eos_token_ids, prepare_prompt
 
 pytestmark = [
     pytest.mark.gpu,

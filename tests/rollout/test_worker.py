@@ -7,9 +7,10 @@ import torch
 
 from vlm_rl.data.schema import load_jsonl
 from vlm_rl.models.prompts import answer_text
+from vlm_rl.rollout.engine import prepare_prompt, trim_at_eos
 from vlm_rl.rollout.pool import split_evenly
 from vlm_rl.rollout.types import PromptItem
-from vlm_rl.rollout.worker import RolloutWorker, prepare_prompt, trim_at_eos
+from vlm_rl.rollout.worker import RolloutWorker
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,7 @@ class RunSinks:
     def _picture(self, step: int, items: list[PromptItem], completions: list[Completion]):
         """The first prompt's group (and one more prompt): ground truth, the model's boxes, the reward."""
         from vlm_rl.reports.rollout_images import rollout_grid, rollout_picture
-        from vlm_rl.rollout.worker import prepare_prompt
+        from vlm_rl.rollout.engine import prepare_prompt
 
         pictures = []
         shown = [c for c in completions if c.prompt_index < 2][: 2 * self.config.num_generations]

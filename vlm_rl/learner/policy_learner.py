@@ -25,9 +25,9 @@ from vlm_rl.models.prompts import (
     encode_prompts,
     policy_inputs_from_encoding,
 )
+from vlm_rl.rollout.engine import prepare_prompt
 from vlm_rl.rollout.prefetch import Prefetcher
 from vlm_rl.rollout.types import Completion, PromptItem
-from vlm_rl.rollout.worker import prepare_prompt
 
 
 def micro_batches(n: int, size: int) -> list[slice]:

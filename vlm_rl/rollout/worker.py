@@ -19,11 +19,9 @@ import torch
 
 from vlm_rl.models.families import model_family
 from vlm_rl.models.loading import load_model, load_processor
-from vlm_rl.rollout.engine import RolloutEngine, eos_token_ids, prepare_prompt, sample_of, trim_at_eos
+from vlm_rl.rollout.engine import RolloutEngine
 from vlm_rl.rollout.types import PromptItem
 from vlm_rl.rollout.weight_sync import Packed, device_uuid, open_packed
-
-__all__ = ["RolloutWorker", "eos_token_ids", "prepare_prompt", "sample_of", "trim_at_eos"]
 
 
 class FifoLock:

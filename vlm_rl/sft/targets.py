@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from vlm_rl.models.prompts import answer_text
+from vlm_rl.rollout.engine import prepare_prompt
 from vlm_rl.rollout.types import PromptItem
-from vlm_rl.rollout.worker import prepare_prompt
 
 
 class SFTTargets:

@@ -26,7 +26,7 @@ class Links:
     nvlink: float = 360 * GB  # H100/H200 SXM NVLink 4: 450 GB/s per direction, ~80% in NCCL collectives
     infiniband: float = 45 * GB  # one 400 Gb/s NIC per GPU
     #: GPU -> host -> Ray object store -> host -> GPU (a flat numpy buffer, no unpickling); an assumption: a
-    #: pickled torch tensor measured 0.27 GB/s on the H200 (.scratch probe), memcpy-bound paths reach ~5 GB/s
+    #: pickled torch tensor measured 0.27 GB/s on the H200 (bench/ray_ipc_probe.py), memcpy-bound paths reach ~5 GB/s
     object_store: float = 2 * GB
 
 

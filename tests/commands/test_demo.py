@@ -8,37 +8,19 @@ val mAP rises. ~5-6 min on 2 cores shared with other work (the demo's budget is 
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from vlm_rl.commands.demo import DEMO_SETTINGS
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    started = time.monotonic()
-    done = subprocess.run([str(Path(sys.executable).parent / "vlm-rl"), "demo", "--output-dir", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
-    seconds = time.monotonic() - started
-    log = ANSI.sub("", done.stdout + done.stderr)
-    (out / "console.log").write_text(log)
-    assert done.returncode == 0, log[-4000:]
-    run_dir = next(out.glob("run-*"))
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"log": log, "seconds": seconds, "rows": rows}
+def demo(demo_run):
+    """The session's one demo run (tests/conftest.py: also the on-policy arm of tests/grpo/test_e2e.py)."""
+    return demo_run
 
 
 def test_each_console_line_once_and_no_false_alarms(demo):

@@ -128,7 +128,7 @@ def test_weights_equal_after_sync_ipc_and_object_store(lora_rank, tiny_model_dir
 
 @pytest.mark.parametrize("max_staleness", [0, 1], ids=["sync", "async"])
 def test_pool_grpo_run_with_learner_and_actor_sharing_the_gpu(max_staleness, tiny_model_dir, synthetic_dataset,
-                                                              ray_cluster, tmp_path):
+                                                              ray_cluster, tmp_path, file_tracking_uri):
     from vlm_rl.config import GRPOConfig
     from vlm_rl.grpo.job import make_rollout_pool, prepare_run, run_grpo
     from vlm_rl.learner.checkpoint import load_weights
@@ -138,6 +138,7 @@ def test_pool_grpo_run_with_learner_and_actor_sharing_the_gpu(max_staleness, tin
         rollout_mode="pool", use_gpu=True, bf16=True, num_learners=1, gpus_per_learner=0.5,
         num_rollout_workers=1, rollout_gpus=0.5, lora_r=8, num_steps=2, prompts_per_step=2, num_generations=4,
         max_new_tokens=32, max_image_size=128, zero_stage=2, log_images_every=0, max_staleness=max_staleness,
+        tracking_uri=file_tracking_uri,
     )
     prepared, labels = prepare_run(config)
     pool = make_rollout_pool(prepared, labels)
@@ -155,5 +156,11 @@ def test_pool_grpo_run_with_learner_and_actor_sharing_the_gpu(max_staleness, tin
         assert sync["weight_sync/bytes"] > 0 and sync["weight_sync/seconds"] > 0
         if torch.cuda.device_count() == 1:  # one GPU: learner and actor are on it together
             assert sync["weight_sync/actors_cuda_ipc"] == 1
+        import mlflow
+
+        client = mlflow.MlflowClient(file_tracking_uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        logged = [r for r in runs if "weight_sync/seconds" in r.data.metrics]
+        assert logged and logged[0].data.metrics["weight_sync/bytes"] == sync["weight_sync/bytes"]
     finally:
         pool.shutdown()

@@ -1,20 +1,31 @@
 """GRPO end to end on CPU with the real parts: Ray actors, Ray Train + DeepSpeed (gloo), MLflow (SQLite).
 
-One run answers the issue's questions: several steps complete with 2 learners and 2 rollout actors,
-the trainable parameters change, the rollout actors hold exactly the learners' weights after a sync,
-and the reward rises (a short SFT warm-up teaches the tiny random model the answer format, then GRPO
-improves the mean reward; fixed seed). A same-seed control run (the advantages zeroed: same warm-up,
-prompts and sampling, no policy-gradient signal) credits the rise to GRPO. A short LoRA run checks the
-adapter sync through the pool bit for bit (the main run is full fine-tuning).
+Three runs of the demo's settings, data and seed (a short SFT warm-up teaches the tiny random model the answer
+format, then 20 GRPO steps with 2 learners and 2 rollout actors):
+
+* on-policy: the session's `vlm-rl demo` run (tests/conftest.py ``demo_run``; its console is judged in
+  tests/commands/test_demo.py);
+* asynchronous (``max_staleness=1``: the pool samples step k+1 while the learners train step k), here, on the
+  test cluster, with a pool the test keeps to inspect its weights;
+* a control (every advantage zeroed: same warm-up, prompts and sampling, no policy-gradient signal).
+
+They answer the issues' questions: the steps complete one update off-policy, the trainable parameters change,
+the rollout actors hold exactly the learners' weights after the last sync, the on-policy reward rises and beats
+the control (credit to GRPO), and the control stays flat. The asynchronous run's reward is printed beside the
+on-policy one, not asserted: on this task, at the demo's learning rate, it learns worse (measured; see
+docs/PERFORMANCE.md). A short LoRA run checks the adapter sync through the pool bit for bit (the main runs are
+full fine-tuning).
 """
 
 from __future__ import annotations
+
+import statistics
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from vlm_rl.commands.demo import DEMO_SETTINGS
+from vlm_rl.commands.demo import DEMO_SETTINGS, make_demo_dataset
 from vlm_rl.config import GRPOConfig
 from vlm_rl.grpo.job import make_rollout_pool, prepare_run, run_grpo
 from vlm_rl.learner.checkpoint import load_weights
@@ -22,15 +33,17 @@ from vlm_rl.models.loading import load_model
 
 pytestmark = pytest.mark.slow
 
-#: The demo's settings (a short SFT warm-up teaches the tiny random model the JSON shape only partly;
-#: GRPO then makes it reliable). ~3.5 min on 2 cores.
 SETTINGS = dict(DEMO_SETTINGS)
 
 
+def _settings(out) -> dict:
+    train, val = make_demo_dataset(out / "data", SETTINGS)  # the demo's task, same seed: the same files
+    return {**SETTINGS, "output_dir": str(out), "train_data": str(train), "val_data": str(val)}
+
+
 @pytest.fixture(scope="module")
-def grpo_run(ray_cluster, tmp_path_factory):
-    out = tmp_path_factory.mktemp("grpo-e2e")
-    config = GRPOConfig(**SETTINGS, output_dir=str(out))
+def async_run(ray_cluster, tmp_path_factory):
+    config = GRPOConfig(**_settings(tmp_path_factory.mktemp("grpo-e2e-async")), max_staleness=1)
     prepared, labels = prepare_run(config)
     pool = make_rollout_pool(prepared, labels)
     summary = run_grpo(config, pool=pool)
@@ -40,43 +53,55 @@ def grpo_run(ray_cluster, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def control_run(ray_cluster, tmp_path_factory):
-    """The same run and seed with every advantage zeroed (``advantage_scale=0``)."""
-    out = tmp_path_factory.mktemp("grpo-e2e-control")
-    return run_grpo(GRPOConfig(**SETTINGS, output_dir=str(out)), advantage_scale=0.0)
+    """The on-policy run and seed with every advantage zeroed (``advantage_scale=0``)."""
+    config = GRPOConfig(**_settings(tmp_path_factory.mktemp("grpo-e2e-control")))
+    return run_grpo(config, advantage_scale=0.0)
 
 
-def test_runs_all_steps_with_two_learners(grpo_run):
-    summary = grpo_run["summary"]
+def _rewards(summary: dict) -> list[float]:
+    return [row["reward/total"] for row in summary["history"]]
+
+
+def test_runs_all_steps_with_two_learners_one_step_off_policy(async_run):
+    summary = async_run["summary"]
     assert summary["steps"] == SETTINGS["num_steps"]
     assert len(summary["history"]) == SETTINGS["num_steps"]
     for row in summary["history"]:
         assert torch.isfinite(torch.tensor(row["loss"]))
+    lags = [row["async/staleness_max"] for row in summary["history"]]
+    assert lags[0] == 0 and max(lags) == 1, lags  # sampling ran one update ahead of training
 
 
-def test_trainable_parameters_changed(grpo_run):
-    trained = load_weights(grpo_run["summary"]["checkpoint"])
-    base = dict(load_model(grpo_run["config"].model_path).named_parameters())
+def test_trainable_parameters_changed(async_run):
+    trained = load_weights(async_run["summary"]["checkpoint"])
+    base = dict(load_model(async_run["config"].model_path).named_parameters())
     changed = [n for n, w in trained.items() if not torch.equal(w, base[n].detach())]
     assert len(changed) >= len(trained) // 2, f"only {len(changed)} of {len(trained)} tensors changed"
 
 
-def test_rollout_actors_hold_the_learners_weights(grpo_run):
-    learner = load_weights(grpo_run["summary"]["checkpoint"])  # exported after the last step's sync
+def test_rollout_actors_hold_the_learners_weights(async_run):
+    learner = load_weights(async_run["summary"]["checkpoint"])  # exported after the last step's sync
     for index in range(SETTINGS["num_rollout_workers"]):
-        actor = grpo_run["pool"].get_weights(index)
+        actor = async_run["pool"].get_weights(index)
         for name, weight in learner.items():
             assert torch.equal(actor[name], weight), name
-    assert set(grpo_run["pool"].versions()) == {SETTINGS["num_steps"] + 1}
+    assert set(async_run["pool"].versions()) == {SETTINGS["num_steps"] + 1}
 
 
-def test_reward_rises_and_beats_the_control(grpo_run, control_run):
-    summary = grpo_run["summary"]
-    assert summary["reward_last"] > summary["reward_first"] + 0.05, summary
-    # Same warm-up and seed: step 1 samples the same policy; afterwards only GRPO's signal differs.
-    first = summary["history"][0]["reward/total"], control_run["history"][0]["reward/total"]
-    assert first[0] == pytest.approx(first[1], abs=1e-6), first
-    assert summary["reward_last"] > control_run["reward_last"] + 0.05, (summary["reward_last"],
-                                                                        control_run["reward_last"])
+def test_reward_rises_and_beats_the_control(demo_run, async_run, control_run):
+    on_policy, off_policy, control = demo_run["summary"], async_run["summary"], control_run
+    # Same warm-up and seed: step 1 samples the same policy in all three; afterwards only the signal differs.
+    first = [_rewards(s)[0] for s in (on_policy, off_policy, control)]
+    assert first == pytest.approx([first[0]] * 3, abs=1e-6), first
+    # The control learns nothing: with the warm-up's momentum forgotten its weights stay put (they used to drift).
+    assert control["reward_last"] == pytest.approx(control["reward_first"], abs=0.1), control
+    assert on_policy["reward_last"] > on_policy["reward_first"] + 0.05, on_policy
+    assert on_policy["reward_last"] > control["reward_last"] + 0.05, (on_policy["reward_last"], control["reward_last"])
+    # Recorded, not asserted: one step off-policy learns worse than on-policy on this task at the demo's
+    # learning rate (docs/PERFORMANCE.md, "Asynchronous GRPO on the CPU task"; bench/async_reward_cpu.py).
+    half = SETTINGS["num_steps"] // 2
+    means = [statistics.mean(_rewards(s)[half:]) for s in (on_policy, off_policy, control)]
+    print("second-half mean reward: on-policy {:.3f}, max_staleness=1 {:.3f}, control {:.3f}".format(*means))
 
 
 #: A short LoRA run (beta > 0: the adapter-off reference) through a 2-actor pool and 2 ZeRO-2 learners; a few
@@ -114,17 +139,18 @@ def test_lora_adapter_sync_through_the_pool_is_bit_exact(ray_cluster, tmp_path):
         pool.shutdown()
 
 
-def test_mlflow_run_has_params_metrics_and_pictures(grpo_run):
-    config = grpo_run["config"]
+def test_mlflow_run_has_params_metrics_and_pictures(async_run):
+    config = async_run["config"]
     client = MlflowClient(config.resolved_tracking_uri)
-    run = client.get_run(grpo_run["summary"]["run_id"])
+    run = client.get_run(async_run["summary"]["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["num_generations"] == "4"
     history = client.get_metric_history(run.info.run_id, "reward/total")
     assert [m.step for m in history] == list(range(1, SETTINGS["num_steps"] + 1))
     assert "eval/mAP_50" in run.data.metrics and "eval/format_valid_rate" in run.data.metrics
     for key in ("loss", "kl", "clip_ratio", "reward/format", "reward/detection", "samples_per_hour",
-                "time/generation", "time/training", "time/weight_sync", "completion_length/mean"):
+                "time/generation", "time/training", "time/weight_sync", "completion_length/mean",
+                "async/staleness_max", "tis/ratio_mean", "tis/clipped_fraction"):
         assert key in run.data.metrics, key
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "rollouts")]
     assert "rollouts/step_00001.png" in artifacts and "rollouts/step_00005.png" in artifacts

@@ -39,6 +39,11 @@ class FakeLearner:
     def __init__(self):
         self.batches = []
         self.sft_calls = 0
+        self.resets_after_sft = []
+
+    def reset_optimizer(self):
+        self.resets_after_sft.append(self.sft_calls)
+        return 0
 
     def grpo_step(self, items, completions, advantages):
         self.batches.append((len(items), len(completions), advantages.clone()))
@@ -82,6 +87,7 @@ def test_sft_warmup_runs_before_grpo_and_counts():
     state = grpo_train(config(sft_warmup_steps=2, num_steps=1), learner=learner, rollout=FakeRollout(),
                        sampler=PromptSampler(samples(8)), sft_targets=lambda items: [[1, 2]] * len(items))
     assert learner.sft_calls == 2 and state.sft_steps == 2 and state.cursor == 6
+    assert learner.resets_after_sft == [2]  # the optimizer forgets the warm-up once, before the first GRPO step
 
 
 def test_resume_state_continues_where_it_stopped():

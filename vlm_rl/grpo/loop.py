@@ -134,7 +134,9 @@ def grpo_train(
     samples_at_start = state.samples
 
     # Optional supervised warm-up (teaches a tiny random model the answer format so rewards move).
+    warmed_up_here = False
     while sft_targets is not None and state.sft_steps < config.sft_warmup_steps:
+        warmed_up_here = True
         items = [PromptItem.from_sample(s) for s in sampler.take(config.prompts_per_step)]
         per = len(items) // world
         mine = items[rank * per : (rank + 1) * per]
@@ -143,6 +145,8 @@ def grpo_train(
         state.cursor = sampler.cursor
         if rank == 0 and sinks.log_metrics:
             sinks.log_metrics({f"warmup/{k}": v for k, v in metrics.items()}, state.sft_steps)
+    if warmed_up_here:  # GRPO starts with fresh moments, not the warm-up's (a resume past this point keeps its own)
+        learner.reset_optimizer()
 
     # Fresh (or restarted) rollout actors hold the base weights: always start from the learners'.
     state.version = max(state.version, 1)

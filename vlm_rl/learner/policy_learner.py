@@ -16,7 +16,7 @@ from vlm_rl.algos.importance import (
 )
 from vlm_rl.config import BaseConfig, GRPOConfig
 from vlm_rl.learner.compiled_layers import CompiledLayers
-from vlm_rl.learner.engine import export_trainable_weights
+from vlm_rl.learner.engine import export_trainable_weights, reset_optimizer_moments
 from vlm_rl.learner.policy import completion_logprobs, reference_context
 from vlm_rl.learner.reference import FrozenReference, freeze_reference, needs_frozen_reference
 from vlm_rl.models.prompts import (
@@ -269,6 +269,10 @@ class PolicyLearner:
             loss_sum += float(loss.detach()) * self.world if live else 0.0
         self._check_one_step(steps_before, len(plan))
         return {"sft_loss": loss_sum, "grad_norm": float(engine.get_global_grad_norm() or 0.0)}
+
+    def reset_optimizer(self) -> int:
+        """A fresh optimizer state for the next phase (GRPO after the SFT warm-up); see reset_optimizer_moments."""
+        return reset_optimizer_moments(self.engine)
 
     def export_weights(self) -> dict | None:
         """Collective under ZeRO-3; returns the state on rank 0 only."""

@@ -17,15 +17,15 @@ import tempfile
 from pathlib import Path
 
 
-def run_arm(seed: int, staleness: int, root: Path) -> list[dict]:
+def run_arm(seed: int, staleness: int, root: Path, overrides: dict) -> list[dict]:
     from vlm_rl.commands.demo import DEMO_SETTINGS, make_demo_dataset
     from vlm_rl.config import GRPOConfig
     from vlm_rl.grpo.job import run_grpo
 
-    out = root / f"seed{seed}-staleness{staleness}"
+    out = root / f"seed{seed}-staleness{staleness}-{len(list(root.glob('seed*')))}"
     train, val = make_demo_dataset(root / "data", DEMO_SETTINGS)  # one dataset for every arm and seed
     config = GRPOConfig(**{**DEMO_SETTINGS, "seed": seed, "max_staleness": staleness, "output_dir": str(out),
-                           "train_data": str(train), "val_data": str(val), "log_images_every": 0})
+                           "train_data": str(train), "val_data": str(val), "log_images_every": 0, **overrides})
     return run_grpo(config)["history"]
 
 
@@ -33,28 +33,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="cpu_async_reward.json")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for both arms (e.g. learning_rate=1e-3), recorded with each run")
     args = parser.parse_args()
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
     root = Path(tempfile.mkdtemp(prefix="async-reward-"))
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"runs": []}
-    done = {(r["seed"], r["max_staleness"]) for r in results["runs"]}
+    done = {(r["seed"], r["max_staleness"], json.dumps(r.get("overrides", {}), sort_keys=True))
+            for r in results["runs"]}
     for seed in args.seeds:
         for staleness in (0, 1):
-            if (seed, staleness) in done:
+            if (seed, staleness, json.dumps(overrides, sort_keys=True)) in done:
                 continue
-            history = run_arm(seed, staleness, root)
+            history = run_arm(seed, staleness, root, overrides)
             results["runs"].append({
-                "seed": seed, "max_staleness": staleness,
+                "seed": seed, "max_staleness": staleness, "overrides": overrides,
                 "reward": [h["reward/total"] for h in history],
                 "detection": [h.get("reward/detection", 0.0) for h in history],
                 "eval_map50": {str(h["step"]): h["eval/mAP_50"] for h in history if "eval/mAP_50" in h},
                 "tis_clipped": [h.get("tis/clipped_fraction", 0.0) for h in history],
             })
             out.write_text(json.dumps(results, indent=1))  # after every run: a long sweep loses nothing
-    summarize(results, out.with_suffix(".png"))
+    for key in sorted({json.dumps(r.get("overrides", {}), sort_keys=True) for r in results["runs"]}):
+        runs = [r for r in results["runs"] if json.dumps(r.get("overrides", {}), sort_keys=True) == key]
+        name = "".join(c if c.isalnum() else "_" for c in key.strip("{}")) or "demo"
+        print(f"settings: demo + {key}")
+        summarize(runs, out.with_name(f"{out.stem}_{name}.png"))
 
 
-def summarize(results: dict, plot: Path) -> None:
+def summarize(runs: list[dict], plot: Path) -> None:
     """Second-half mean reward per arm and seed, the paired gap (async minus on-policy) and a plot."""
     import matplotlib
 
@@ -62,7 +72,7 @@ def summarize(results: dict, plot: Path) -> None:
     import matplotlib.pyplot as plt
 
     arms = {0: [], 1: []}
-    for run in sorted(results["runs"], key=lambda r: r["seed"]):
+    for run in sorted(runs, key=lambda r: r["seed"]):
         arms[run["max_staleness"]].append(run)
     fig, ax = plt.subplots(figsize=(7, 4))
     for staleness, colour in ((0, "tab:blue"), (1, "tab:orange")):

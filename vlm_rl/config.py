@@ -147,6 +147,8 @@ class GRPOConfig(BaseConfig):
     eval_steps: int = Field(0, ge=0, description="evaluate every N steps; 0 = off")
     log_images_every: int = Field(5, ge=0, description="draw sample rollouts every N steps; 0 = off")
     sft_warmup_steps: int = Field(0, ge=0, description="supervised steps before GRPO (makes tiny models learnable)")
+    sft_warmup_learning_rate: float | None = Field(
+        None, gt=0, lt=1, description="learning rate of the SFT warm-up; None = learning_rate (GRPO's)")
     rollout_mode: Literal["pool", "colocated"] = Field(
         "pool", description="pool = Ray rollout actors; colocated = the learner's own model samples (1 learner)")
     compile_decode: bool = Field(False, description="colocated rollout: torch.compile the CUDA-graphed decode "

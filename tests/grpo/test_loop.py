@@ -40,10 +40,14 @@ class FakeLearner:
         self.batches = []
         self.sft_calls = 0
         self.resets_after_sft = []
+        self.rates = []
 
     def reset_optimizer(self):
         self.resets_after_sft.append(self.sft_calls)
         return 0
+
+    def set_learning_rate(self, lr):
+        self.rates.append((self.sft_calls, lr))
 
     def grpo_step(self, items, completions, advantages):
         self.batches.append((len(items), len(completions), advantages.clone()))
@@ -88,6 +92,15 @@ def test_sft_warmup_runs_before_grpo_and_counts():
                        sampler=PromptSampler(samples(8)), sft_targets=lambda items: [[1, 2]] * len(items))
     assert learner.sft_calls == 2 and state.sft_steps == 2 and state.cursor == 6
     assert learner.resets_after_sft == [2]  # the optimizer forgets the warm-up once, before the first GRPO step
+    assert learner.rates == []  # no warm-up rate: GRPO's rate throughout
+
+
+def test_sft_warmup_learning_rate_applies_to_the_warmup_only():
+    learner = FakeLearner()
+    grpo_train(config(sft_warmup_steps=2, num_steps=1, sft_warmup_learning_rate=3e-3, learning_rate=1e-4),
+               learner=learner, rollout=FakeRollout(), sampler=PromptSampler(samples(8)),
+               sft_targets=lambda items: [[1, 2]] * len(items))
+    assert learner.rates == [(0, 3e-3), (2, 1e-4)]  # set before the first warm-up step, restored before GRPO
 
 
 def test_resume_state_continues_where_it_stopped():

@@ -11,7 +11,7 @@ import sys
 import torch
 
 from vlm_rl.config import BaseConfig
-from vlm_rl.learner.engine import reset_optimizer_moments
+from vlm_rl.learner.engine import reset_optimizer_moments, set_learning_rate
 from vlm_rl.learner.local_engine import LocalEngine
 
 
@@ -64,3 +64,10 @@ def test_deepspeed_zero2_momentum_is_forgotten(tmp_path):
     assert line, done.stdout[-2000:] + done.stderr[-3000:]
     drift = json.loads(line.removeprefix("RESULT "))
     assert drift["False"] > 1e-3 and drift["True"] == 0.0, drift
+
+
+def test_set_learning_rate_changes_the_step_size():
+    engine = _local_engine()
+    set_learning_rate(engine, 0.0)  # rate 0: a real gradient moves nothing
+    assert drift_after_warmup(engine, reset=False) == 0.0
+    assert all(group["lr"] == 0.0 for group in engine.optimizer.param_groups)

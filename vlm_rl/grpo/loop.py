@@ -135,7 +135,10 @@ def grpo_train(
 
     # Optional supervised warm-up (teaches a tiny random model the answer format so rewards move).
     warmed_up_here = False
+    warmup_lr = config.sft_warmup_learning_rate
     while sft_targets is not None and state.sft_steps < config.sft_warmup_steps:
+        if not warmed_up_here and warmup_lr is not None:
+            learner.set_learning_rate(warmup_lr)
         warmed_up_here = True
         items = [PromptItem.from_sample(s) for s in sampler.take(config.prompts_per_step)]
         per = len(items) // world
@@ -147,6 +150,8 @@ def grpo_train(
             sinks.log_metrics({f"warmup/{k}": v for k, v in metrics.items()}, state.sft_steps)
     if warmed_up_here:  # GRPO starts with fresh moments, not the warm-up's (a resume past this point keeps its own)
         learner.reset_optimizer()
+        if warmup_lr is not None:
+            learner.set_learning_rate(config.learning_rate)
 
     # Fresh (or restarted) rollout actors hold the base weights: always start from the learners'.
     state.version = max(state.version, 1)

@@ -50,6 +50,22 @@ def build_engine(model, config: BaseConfig, micro_batch: int, accumulation: int 
     return engine
 
 
+def _torch_optimizer(engine) -> torch.optim.Optimizer:
+    """The torch optimizer inside LocalEngine or a DeepSpeed engine (ZeRO 0-3 wrap it as ``.optimizer``)."""
+    optimizer = engine.optimizer
+    while not isinstance(optimizer, torch.optim.Optimizer) and getattr(optimizer, "optimizer", None) is not None:
+        optimizer = optimizer.optimizer
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"no torch optimizer inside {type(engine.optimizer).__name__}")
+    return optimizer
+
+
+def set_learning_rate(engine, lr: float) -> None:
+    """One rate for every parameter group (the SFT warm-up and GRPO may use different ones; no scheduler)."""
+    for group in _torch_optimizer(engine).param_groups:
+        group["lr"] = lr
+
+
 def reset_optimizer_moments(engine) -> int:
     """Forget the optimizer's momentum (Adam's first moment) and keep its per-weight scale (second moment, step
     count); returns how many parameter states were touched.
@@ -61,11 +77,7 @@ def reset_optimizer_moments(engine) -> int:
     weight by the full learning rate (m/sqrt(v) = sign(g)), and at the warm-up's rate that wiped the demo's
     answers in two steps (measured). LocalEngine holds a torch optimizer; DeepSpeed engines (ZeRO 0-3) wrap one
     as ``.optimizer``, keyed by their fp32 partitions. Optimizers without ``exp_avg`` lose their whole state."""
-    optimizer = engine.optimizer
-    while not isinstance(optimizer, torch.optim.Optimizer) and getattr(optimizer, "optimizer", None) is not None:
-        optimizer = optimizer.optimizer
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"reset_optimizer_moments: no torch optimizer inside {type(engine.optimizer).__name__}")
+    optimizer = _torch_optimizer(engine)
     touched = 0
     for param in list(optimizer.state):
         state = optimizer.state[param]

@@ -16,7 +16,7 @@ from vlm_rl.algos.importance import (
 )
 from vlm_rl.config import BaseConfig, GRPOConfig
 from vlm_rl.learner.compiled_layers import CompiledLayers
-from vlm_rl.learner.engine import export_trainable_weights, reset_optimizer_moments
+from vlm_rl.learner.engine import export_trainable_weights, reset_optimizer_moments, set_learning_rate
 from vlm_rl.learner.policy import completion_logprobs, reference_context
 from vlm_rl.learner.reference import FrozenReference, freeze_reference, needs_frozen_reference
 from vlm_rl.models.prompts import (
@@ -273,6 +273,9 @@ class PolicyLearner:
     def reset_optimizer(self) -> int:
         """A fresh optimizer state for the next phase (GRPO after the SFT warm-up); see reset_optimizer_moments."""
         return reset_optimizer_moments(self.engine)
+
+    def set_learning_rate(self, lr: float) -> None:
+        set_learning_rate(self.engine, lr)
 
     def export_weights(self) -> dict | None:
         """Collective under ZeRO-3; returns the state on rank 0 only."""

@@ -138,6 +138,10 @@ class GRPOConfig(BaseConfig):
     rollout_engine: Literal["fast", "hf"] = Field(
         "fast", description="rollout actors' sampler: fast = static KV cache + CUDA-graphed decode (the colocated "
         "path's engine; plain static-cache decode on CPU), hf = transformers generate (fallback)")
+    weight_sync: Literal["auto", "object_store", "cuda_ipc", "broadcast"] = Field(
+        "auto", description="how learner weights reach the rollout actors: auto = CUDA IPC to actors on the "
+        "learner's GPU, Ray's object store to the rest; broadcast = a torch.distributed broadcast from learner "
+        "rank 0 (NCCL when every actor has a GPU of its own, else gloo), what full-weight runs across GPUs need")
     max_staleness: int = Field(0, ge=0, le=8, description="0 = on-policy (sample, then train); k > 0 = the "
                                "rollout pool samples up to k steps ahead of the learners (asynchronous GRPO)")
     tis_cap: float = Field(2.0, ge=1.0, description="cap of the truncated importance-sampling weight "

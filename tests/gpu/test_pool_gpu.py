@@ -3,7 +3,8 @@
 * the pool's rollout actors sample with the fast engine (CUDA-graphed static decode) and agree with HF
   generate on greedy tokens and on their log-probs, for both Qwen VL families;
 * weights reach the actors bit for bit, through CUDA IPC (learner and actor on one GPU; state on the GPU or
-  staged from the CPU, several syncs in a row) and through the object store, LoRA and full;
+  staged from the CPU, several syncs in a row), through the object store and through the broadcast group
+  (gloo: one GPU cannot host two NCCL ranks), LoRA and full;
 * a pool-mode GRPO run (Ray Train learner on 0.5 GPU with DeepSpeed, one rollout actor on the other 0.5),
   on-policy and asynchronous (max_staleness 1), completes its steps, syncs through CUDA IPC and leaves the
   actor holding the learner's weights.
@@ -102,6 +103,7 @@ def test_pool_fast_engine_matches_hf_generate_greedy(request, family_fixture, ra
 def test_weights_equal_after_sync_ipc_and_object_store(lora_rank, tiny_model_dir, ray_cluster):
     ipc = _pool(tiny_model_dir, lora_rank=lora_rank, lora_alpha=16, dtype="bfloat16")
     store = _pool(tiny_model_dir, lora_rank=lora_rank, lora_alpha=16, dtype="bfloat16", transport="object_store")
+    bcast = _pool(tiny_model_dir, lora_rank=lora_rank, lora_alpha=16, dtype="bfloat16", transport="broadcast")
     try:
         template = ipc.get_weights()
         assert (all("lora_" in k for k in template)) == (lora_rank > 0)  # under LoRA only the adapter moves
@@ -114,16 +116,19 @@ def test_weights_equal_after_sync_ipc_and_object_store(lora_rank, tiny_model_dir
             sent = {k: v.to(device) for k, v in state.items()} if where == "gpu" else state
             ipc.sync_weights(sent, version=round_ + 1)
             store.sync_weights(sent, version=round_ + 1)
+            bcast.sync_weights(sent, version=round_ + 1)
             assert ipc.last_sync["weight_sync/actors_cuda_ipc"] == 1, where
             assert store.last_sync["weight_sync/actors_object_store"] == 1, where
+            assert bcast.last_sync["weight_sync/actors_broadcast"] == 1 and bcast._group.backend == "gloo", where
             assert ipc.last_sync["weight_sync/bytes"] >= sum(v.numel() * v.element_size() for v in state.values())
-            for pool in (ipc, store):
+            for pool in (ipc, store, bcast):
                 got = pool.get_weights()
                 assert all(torch.equal(got[k], state[k]) for k in state), (where, pool.transport)
-            assert ipc.versions() == store.versions() == [round_ + 1]
+            assert ipc.versions() == store.versions() == bcast.versions() == [round_ + 1]
     finally:
         ipc.shutdown()
         store.shutdown()
+        bcast.shutdown()
 
 
 @pytest.mark.parametrize("max_staleness", [0, 1], ids=["sync", "async"])

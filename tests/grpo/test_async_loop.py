@@ -66,7 +66,7 @@ class FakeLearner:
         self.trained.append(([i.sample_id for i in items], {c.weights_version for c in completions}))
         return {"loss": 0.5, "kl": 0.0, "clip_ratio": 0.0, "grad_norm": 1.0}
 
-    def export_weights(self):
+    def export_weights(self, for_sync: bool = False):
         return {"w": torch.zeros(1)}
 
 

@@ -57,7 +57,7 @@ class FakeLearner:
         self.sft_calls += 1
         return {"sft_loss": 1.0}
 
-    def export_weights(self):
+    def export_weights(self, for_sync: bool = False):
         return {"w": torch.zeros(1)}
 
 

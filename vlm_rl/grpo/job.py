@@ -45,7 +45,7 @@ def make_rollout_pool(config: GRPOConfig, labels: list[str]):
     from vlm_rl.rollout.pool import RolloutPool
 
     return RolloutPool(config.num_rollout_workers, rollout_worker_kwargs(config, labels),
-                       num_cpus=1, num_gpus=config.rollout_gpus)
+                       num_cpus=1, num_gpus=config.rollout_gpus, transport=config.weight_sync)
 
 
 def run_grpo(config: GRPOConfig, *, parent_run_id: str | None = None, run_name: str | None = None,

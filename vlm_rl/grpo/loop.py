@@ -98,7 +98,7 @@ def sync_weights(learner, rollout, comm: Comm, version: int, wait: bool = True) 
     if getattr(rollout, "shares_weights", False):
         rollout.sync_weights(None, version)
         return
-    weights = learner.export_weights()  # collective under ZeRO-3
+    weights = learner.export_weights(for_sync=True)  # collective under ZeRO-3
     if comm.rank == 0:
         if wait:
             rollout.sync_weights(weights, version)

@@ -89,9 +89,11 @@ def reset_optimizer_moments(engine) -> int:
     return touched
 
 
-def export_trainable_weights(engine, lora: bool, zero_stage: int,
-                            bucket_bytes: int = 1 << 28) -> dict[str, torch.Tensor] | None:
-    """Trainable weights as a CPU state dict on rank 0 (None elsewhere): the LoRA adapter alone under LoRA.
+def export_trainable_weights(engine, lora: bool, zero_stage: int, bucket_bytes: int = 1 << 28,
+                            device: torch.device | str = "cpu") -> dict[str, torch.Tensor] | None:
+    """Trainable weights as a state dict of copies on ``device`` on rank 0 (None elsewhere): the LoRA adapter
+    alone under LoRA. A GPU ``device`` keeps a small export (an adapter) off the host: the CUDA IPC and NCCL
+    transports then copy device to device.
 
     Under ZeRO-3 parameters are sharded, so every rank takes part in the gather; it goes bucket by bucket
     (``bucket_bytes`` of full-size parameters at a time, a single parameter if larger), so no rank ever
@@ -106,7 +108,7 @@ def export_trainable_weights(engine, lora: bool, zero_stage: int,
     for bucket in _buckets(named, bucket_bytes if zero_stage == 3 else None):
         with deepspeed.zero.GatheredParameters([p for _, p in bucket], enabled=zero_stage == 3):
             if rank == 0:
-                state.update((n, p.detach().to("cpu", copy=True)) for n, p in bucket)
+                state.update((n, p.detach().to(device, copy=True)) for n, p in bucket)
     if rank != 0:
         return None
     if lora:

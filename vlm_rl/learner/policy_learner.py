@@ -277,9 +277,12 @@ class PolicyLearner:
     def set_learning_rate(self, lr: float) -> None:
         set_learning_rate(self.engine, lr)
 
-    def export_weights(self) -> dict | None:
-        """Collective under ZeRO-3; returns the state on rank 0 only."""
-        return export_trainable_weights(self.engine, self.lora, self.config.zero_stage)
+    def export_weights(self, for_sync: bool = False) -> dict | None:
+        """Collective under ZeRO-3; returns the state on rank 0 only, on the CPU, except that ``for_sync`` keeps
+        an adapter on the GPU (the CUDA IPC and NCCL transports then copy it device to device; full weights are
+        staged on the host, where a second copy of the model fits)."""
+        device = self.device if for_sync and self.lora and self.device.type == "cuda" else "cpu"
+        return export_trainable_weights(self.engine, self.lora, self.config.zero_stage, device=device)
 
     def adapter_config(self):
         return self.engine.module.peft_config["default"] if self.lora else None

@@ -1,7 +1,9 @@
 """The rollout pool: N Ray actors, each a RolloutWorker, fed whole GRPO groups and synced after every step.
 
 Weights travel as one flat buffer (``rollout/weight_sync.py``): through a CUDA IPC handle to every actor on
-the sender's own GPU, else through the object store once per sync (fetched by every other actor). Each
+the sender's own GPU, else through the object store once per sync (fetched by every other actor); with
+``transport="broadcast"`` every actor receives it from a torch.distributed broadcast (NCCL between GPUs, gloo
+otherwise; ``rollout/broadcast.py``) instead. Each
 sync's seconds, bytes and transports are kept in ``last_sync`` (logged as ``weight_sync/*``). An actor that
 dies is restarted by Ray (``max_restarts``); the pool notices the lost weights version, re-sends the last
 weights and retries the work, so a crash costs time, not the step.
@@ -51,13 +53,14 @@ class RolloutPool:
     """Driver-side handle over the rollout actors (serialisable: it can be passed to Ray Train workers)."""
 
     def __init__(self, num_workers: int, worker_kwargs: dict, *, num_cpus: float = 1, num_gpus: float = 0,
-                 max_restarts: int = 3, transport: str = "auto"):
+                 max_restarts: int = 3, transport: str = "auto", broadcast_timeout_s: float = 300.0):
         if transport not in weight_sync.TRANSPORTS:
             raise ValueError(f"transport: expected one of {weight_sync.TRANSPORTS}, got {transport!r}")
         # max_concurrency=2: health checks answer during a generate; the worker's lock keeps weight
-        # updates from running inside one
+        # updates from running inside one. A broadcast is received during a generate: one thread more.
         actor_cls = ray.remote(RolloutWorker).options(
-            num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_concurrency=2
+            num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
+            max_concurrency=3 if transport == "broadcast" else 2,
         )
         self.workers = [actor_cls.remote(**worker_kwargs, worker_index=i) for i in range(num_workers)]
         self.version = 0
@@ -69,20 +72,35 @@ class RolloutPool:
         self.last_sync: dict[str, float] = {}
         self.restarts_seen = 0
         self._syncs: list[tuple[list, object, bool]] = []  # sent, not yet acknowledged (sync_weights wait=False)
+        self.broadcast_timeout_s = broadcast_timeout_s
+        self._group = None  # the sender's BroadcastGroup (made in the process that syncs; never pickled)
+        self._group_key: tuple | None = None  # (restarts seen, backend) it was formed at
+        self._group_generation = 0
+        self._broadcasts = 0  # sequence number of the next broadcast in this group
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.update(_group=None, _group_key=None, _syncs=[])  # a process group belongs to its process
+        return state
 
     def sync_weights(self, state_or_ref, version: int, wait: bool = True) -> float:
         """Push the learners' weights (a state dict on CPU or GPU) to every actor; returns seconds spent.
 
-        Actors on the sender's GPU get a CUDA IPC handle; the others one object-store copy. Records
-        ``last_sync``: seconds, bytes packed, and how many actors each transport served. ``wait=False``
+        Actors on the sender's GPU get a CUDA IPC handle; the others one object-store copy (or, with
+        ``transport="broadcast"``, every actor a torch.distributed broadcast). Records ``last_sync``: seconds,
+        bytes packed, and how many actors each transport served. ``wait=False``
         (asynchronous GRPO) returns once the update is sent: each actor applies it after the generates
         submitted before it, and ``wait_for_sync`` (or a later ``collect``) checks that it landed.
         """
         t0 = time.perf_counter()
-        ipc_workers, store_workers = self._split_by_transport(state_or_ref)
+        ipc_workers, store_workers, broadcast_workers = self._split_by_transport(state_or_ref)
         # kept for restarted actors (a restart may land on another GPU, so they always get the object store)
         self._last_weights, self._last_ref, self.version = state_or_ref, None, version
-        pending, staged, nbytes = [], None, 0
+        pending, staged, nbytes, failed = [], None, 0, []
+        if broadcast_workers:
+            sent, failed, nbytes = self._broadcast(state_or_ref, version, broadcast_workers)
+            pending += sent
+            store_workers = store_workers + failed
         if ipc_workers:
             packed, staged = weight_sync.to_cuda_ipc(state_or_ref, self._sender_device(state_or_ref))
             nbytes = packed.nbytes
@@ -103,8 +121,60 @@ class RolloutPool:
             "weight_sync/bytes": float(nbytes),
             "weight_sync/actors_cuda_ipc": float(len(ipc_workers)),
             "weight_sync/actors_object_store": float(len(store_workers)),
+            "weight_sync/actors_broadcast": float(len(broadcast_workers) - len(failed)),
         }
         return seconds
+
+    def _broadcast(self, state: dict, version: int, workers: list) -> tuple[list, list, int]:
+        """Send ``state`` to ``workers`` through the broadcast group; returns (pending acknowledgements, workers
+        it failed to reach, bytes). A failed broadcast (a member died) drops the group: those actors get the
+        object store this time and the next sync forms a new group."""
+        self._ensure_group(workers)
+        entries, buffer = weight_sync.pack(state, self._group.device)
+        sequence, self._broadcasts = self._broadcasts, self._broadcasts + 1
+        receipts = [(w, w.receive_weights.remote(entries, buffer.numel(), version, sequence)) for w in workers]
+        try:
+            self._group.broadcast(buffer)
+        except Exception as exc:  # noqa: BLE001 - gloo/NCCL raise plain RuntimeErrors on a lost member
+            log.warning("weight broadcast failed (%s); this sync goes through the object store", exc)
+            self._close_group()
+            return [], list(workers), buffer.numel()
+        return receipts, [], buffer.numel()
+
+    def _ensure_group(self, workers: list) -> None:
+        """Form the broadcast group (sender = rank 0) unless the current one still has the same members."""
+        from vlm_rl.rollout import broadcast
+
+        backend = self._broadcast_backend(workers)
+        if self._group is not None and self._group_key == (self.restarts_seen, backend):
+            return
+        self._close_group()
+        self._group_generation += 1
+        world = len(workers) + 1
+        host = broadcast.node_address()
+        store = broadcast.open_store(host, world, self.broadcast_timeout_s)
+        joined = [w.join_weight_group.remote(host, store.port, rank, world, backend, self._group_generation,
+                                             self.broadcast_timeout_s) for rank, w in enumerate(workers, start=1)]
+        self._group = broadcast.BroadcastGroup(store, 0, world, backend, generation=self._group_generation,
+                                               timeout_s=self.broadcast_timeout_s)
+        ray.get(joined)
+        self._group_key, self._broadcasts = (self.restarts_seen, backend), 0
+
+    def _broadcast_backend(self, workers: list) -> str:
+        """NCCL when the sender and every receiver sit on GPUs of their own; gloo (host memory) otherwise."""
+        if not torch.cuda.is_available():
+            return "gloo"
+        if self._actor_gpus is None:
+            self._actor_gpus = ray.get([w.device_uuid.remote() for w in self.workers])
+        gpus = [gpu for w, gpu in zip(self.workers, self._actor_gpus) if w in workers]
+        mine = weight_sync.device_uuid()
+        distinct = None not in gpus and len(set(gpus)) == len(gpus) and mine not in gpus
+        return "nccl" if distinct else "gloo"
+
+    def _close_group(self) -> None:
+        if self._group is not None:
+            self._group.close()
+        self._group, self._group_key = None, None
 
     def wait_for_sync(self) -> None:
         """Block until every actor has loaded every update sent so far (restarting and re-sending to an actor
@@ -137,12 +207,14 @@ class RolloutPool:
         refs = [done for _, done in pending]
         return not refs or len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs)
 
-    def _split_by_transport(self, state) -> tuple[list, list]:
-        """(actors reached by CUDA IPC, actors reached through the object store) for this state."""
+    def _split_by_transport(self, state) -> tuple[list, list, list]:
+        """(actors reached by CUDA IPC, through the object store, by broadcast) for this state."""
+        if self.transport == "broadcast" and not isinstance(state, ray.ObjectRef):
+            return [], [], list(self.workers)
         if self.transport == "object_store" or isinstance(state, ray.ObjectRef) or not torch.cuda.is_available():
             if self.transport == "cuda_ipc":
                 raise RuntimeError("transport: cuda_ipc needs CUDA in the learner and a state dict, not a ref")
-            return [], list(self.workers)
+            return [], list(self.workers), []
         if self._actor_gpus is None:
             self._actor_gpus = ray.get([w.device_uuid.remote() for w in self.workers])
         mine = weight_sync.device_uuid(self._sender_device(state))
@@ -150,7 +222,7 @@ class RolloutPool:
         if self.transport == "cuda_ipc" and len(ipc) != len(self.workers):
             raise RuntimeError(f"transport: cuda_ipc, but only {len(ipc)} of {len(self.workers)} rollout actors "
                                f"share the learner's GPU {mine}; use transport=auto")
-        return ipc, [w for w in self.workers if w not in ipc]
+        return ipc, [w for w in self.workers if w not in ipc], []
 
     @staticmethod
     def _sender_device(state: dict) -> torch.device:
@@ -281,5 +353,6 @@ class RolloutPool:
         return ray.get([w.version.remote() for w in self.workers])
 
     def shutdown(self) -> None:
+        self._close_group()
         for w in self.workers:
             ray.kill(w)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 ALIGN = 64  # bytes: every view starts aligned for any dtype (and for vectorised copies)
-TRANSPORTS = ("auto", "object_store", "cuda_ipc")
+TRANSPORTS = ("auto", "object_store", "cuda_ipc", "broadcast")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ would leave the base weights corrupted. A weight update asked for during a ``gen
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 import torch
 
@@ -21,7 +22,7 @@ from vlm_rl.models.families import model_family
 from vlm_rl.models.loading import load_model, load_processor
 from vlm_rl.rollout.engine import RolloutEngine
 from vlm_rl.rollout.types import PromptItem
-from vlm_rl.rollout.weight_sync import Packed, device_uuid, open_packed
+from vlm_rl.rollout.weight_sync import Entry, Packed, device_uuid, open_packed, unpack
 
 
 class FifoLock:
@@ -33,9 +34,25 @@ class FifoLock:
         self._next = 0  # next ticket to hand out
         self._serving = 0  # ticket allowed in
 
-    def __enter__(self):
+    def reserve(self) -> int:
+        """Take a place in the queue now, enter later with ``hold`` (a weight broadcast is received before
+        the update waits for its turn, so the sender never waits for a running generate)."""
         with self._cond:
             ticket, self._next = self._next, self._next + 1
+            return ticket
+
+    @contextmanager
+    def hold(self, ticket: int):
+        with self._cond:
+            self._cond.wait_for(lambda: self._serving == ticket)
+        try:
+            yield
+        finally:
+            self.__exit__()
+
+    def __enter__(self):
+        ticket = self.reserve()
+        with self._cond:
             self._cond.wait_for(lambda: self._serving == ticket)
 
     def __exit__(self, *exc):
@@ -92,6 +109,9 @@ class RolloutWorker:
         self.worker_index = worker_index
         self._lock = FifoLock()  # generation and evaluation vs weight updates (see the module doc)
         self._generating = False
+        self._group = None  # weight-broadcast group with the learner (rollout/broadcast.py), when the pool forms one
+        self._received = threading.Condition()  # broadcasts are joined in the sender's order
+        self._next_broadcast = 0
 
     @property
     def weights_version(self) -> int:
@@ -112,6 +132,42 @@ class RolloutWorker:
                     del views
             else:
                 self._load(state)
+            self.sampler.weights_version = version
+            return version
+
+    def join_weight_group(self, host: str, port: int, rank: int, world_size: int, backend: str,
+                          generation: int, timeout_s: float) -> int:
+        """Become ``rank`` of the pool's weight-broadcast group (replacing an older group)."""
+        from vlm_rl.rollout.broadcast import BroadcastGroup
+
+        if self._group is not None:
+            self._group.close()
+        self._group = BroadcastGroup.join(host, port, rank, world_size, backend, generation=generation,
+                                          timeout_s=timeout_s)
+        with self._received:
+            self._next_broadcast = 0
+        return rank
+
+    def receive_weights(self, entries: list[Entry], nbytes: int, version: int, sequence: int) -> int:
+        """Take part in the sender's ``sequence``-th broadcast at once (also during a generate: the bytes land
+        in a buffer of this actor's own), then load them in turn behind the lock like ``update_weights``."""
+        ticket = self._lock.reserve()
+        try:
+            with self._received:
+                self._received.wait_for(lambda: self._next_broadcast == sequence)
+            try:
+                buffer = torch.empty(nbytes, dtype=torch.uint8, device=self._group.device)
+                self._group.broadcast(buffer)
+            finally:
+                with self._received:
+                    self._next_broadcast += 1
+                    self._received.notify_all()
+        except BaseException:
+            with self._lock.hold(ticket):  # give the place in the queue up, or every later call would wait
+                pass
+            raise
+        with self._lock.hold(ticket):
+            self._load(unpack(entries, buffer))  # load_state_dict copies across devices
             self.sampler.weights_version = version
             return version
 

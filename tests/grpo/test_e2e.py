@@ -19,6 +19,7 @@ full fine-tuning).
 
 from __future__ import annotations
 
+import json
 import statistics
 
 import pytest
@@ -104,13 +105,14 @@ def test_reward_rises_and_beats_the_control(demo_run, async_run, control_run):
     print("second-half mean reward: on-policy {:.3f}, max_staleness=1 {:.3f}, control {:.3f}".format(*means))
 
 
-#: A short LoRA run (beta > 0: the adapter-off reference) through a 2-actor pool and 2 ZeRO-2 learners; a few
-#: SFT warm-up steps make the adapter non-zero (a random tiny model earns no reward, so GRPO alone may not move it).
+#: A short LoRA run (beta > 0: the adapter-off reference) through a 2-actor pool and 2 ZeRO-2 learners, the adapter
+#: broadcast from learner rank 0 (a Ray Train worker) over a gloo group; a few SFT warm-up steps make the adapter
+#: non-zero (a random tiny model earns no reward, so GRPO alone may not move it).
 LORA_SETTINGS = dict(
     model_path="tiny-qwen3-vl", lora_r=8, beta=0.04, learning_rate=1e-3, num_learners=2, num_rollout_workers=2,
     prompts_per_step=2, num_generations=2, num_steps=2, sft_warmup_steps=3, max_new_tokens=16, max_image_size=64,
     zero_stage=2, eval_steps=0, log_images_every=0, synthetic_train_size=8, synthetic_val_size=2,
-    synthetic_max_objects=1, disable_gradient_checkpointing=True, seed=0,
+    synthetic_max_objects=1, disable_gradient_checkpointing=True, seed=0, weight_sync="broadcast",
 )
 
 
@@ -135,6 +137,9 @@ def test_lora_adapter_sync_through_the_pool_is_bit_exact(ray_cluster, tmp_path):
             for name, weight in base.items():
                 assert torch.equal(restored[name], weight), name
         assert set(pool.versions()) == {LORA_SETTINGS["num_steps"] + 1}
+        rows = [json.loads(line) for line in (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()]
+        reached = [r["value"] for r in rows if r["name"] == "weight_sync/actors_broadcast"]
+        assert reached and set(reached) == {2.0}  # every sync reached both actors by broadcast
     finally:
         pool.shutdown()
 

@@ -1,7 +1,9 @@
 """The MLflow UI shows a GRPO run: a real `mlflow server` (SQLite + proxied local artifacts, loopback),
-a tiny GRPO run logging to it over HTTP, the REST API, and the run page rendered by headless Chromium.
+a tiny GRPO run logging to it over HTTP (vlm-rl creates the experiment), the REST API, and the pages
+rendered by headless Chromium: the run page, and the links a run prints, which must open MLflow 3's classic
+runs table and charts, not its GenAI overview (the page a plain experiment link opens).
 
-The screenshot is kept as test-artifacts/mlflow_run_page.png.
+The screenshots are kept as test-artifacts/mlflow_run_page.png and mlflow_runs_table.png.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 
 from tests.conftest import free_port
 from vlm_rl.config import GRPOConfig
-from vlm_rl.tracking.ui_links import run_page_url
+from vlm_rl.tracking.ui_links import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, run_links, run_page_url
 
 pytestmark = pytest.mark.slow
 
@@ -79,12 +81,9 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def grpo_run(ray_cluster, mlflow_server, tmp_path_factory):
-    """A 2-step tiny GRPO run; its experiment is created first so artifacts go through the server."""
-    from mlflow.tracking import MlflowClient
-
+    """A 2-step tiny GRPO run that creates its experiment on the server."""
     from vlm_rl.grpo.job import run_grpo
 
-    MlflowClient(mlflow_server).create_experiment(EXPERIMENT)
     out = tmp_path_factory.mktemp("grpo-ui")
     summary = run_grpo(GRPOConfig(**SETTINGS, output_dir=str(out), tracking_uri=mlflow_server))
     run = api(mlflow_server, "runs/get", run_id=summary["run_id"])["run"]
@@ -109,6 +108,14 @@ def test_rest_api_has_params_metrics_with_steps_and_pictures(grpo_run):
     assert "summary.json" in top
 
 
+def test_experiment_is_a_training_one_with_server_side_artifacts(grpo_run):
+    experiment = api(grpo_run["base"], "experiments/get", experiment_id=grpo_run["run"]["info"]["experiment_id"])
+    experiment = experiment["experiment"]
+    assert {t["key"]: t["value"] for t in experiment["tags"]}[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # the server stores the pictures (proxied), not a path on the training worker's disk
+    assert experiment["artifact_location"].startswith("mlflow-artifacts:"), experiment["artifact_location"]
+
+
 def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -131,4 +138,31 @@ def test_run_page_renders_metrics_in_chromium(grpo_run, artifacts_dir, tmp_path)
     shot = artifacts_dir / "mlflow_run_page.png"
     shot.unlink(missing_ok=True)
     result = chromium([f"--screenshot={shot}", url], tmp_path / "profile-shot")
+    assert result.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, result.stderr[-2000:]
+
+
+def _text(html: str) -> str:
+    import re
+
+    html = re.sub(r"<script.*?</script>|<style.*?</style>", " ", html, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def test_printed_links_open_the_classic_runs_table_and_charts(grpo_run, artifacts_dir, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    run = grpo_run["run"]
+    links = run_links(grpo_run["base"], run["info"]["experiment_id"], run["info"]["run_id"])
+    runs_page = chromium(["--dump-dom", links["runs"]], tmp_path / "profile-runs")
+    assert runs_page.returncode == 0, runs_page.stderr[-2000:]
+    text = _text(runs_page.stdout)
+    assert "Run Name" in text and SETTINGS["run_name"] in text, text[:1500]  # the classic runs table
+    assert "Detect Issues" not in text and "Token Usage" not in text, text[:1500]  # not the GenAI overview
+    charts = _text(chromium(["--dump-dom", links["charts"]], tmp_path / "profile-charts").stdout)
+    # the run's model-metrics charts: one section per metric prefix (collapsed past the first few), drawn charts
+    assert "Model metrics" in charts and "reward (" in charts and "Detect Issues" not in charts, charts[:1500]
+    assert f"Step {SETTINGS['run_name']} (" in charts, charts[:1500]  # a chart's axis + legend rendered
+    shot = artifacts_dir / "mlflow_runs_table.png"
+    shot.unlink(missing_ok=True)
+    result = chromium([f"--screenshot={shot}", links["runs"]], tmp_path / "profile-runs-shot")
     assert result.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, result.stderr[-2000:]

@@ -31,6 +31,8 @@ HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+    # MLflow's own "View run/experiment at" lines link the GenAI pages; ours (tracking/ui_links.py) the classic ones
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 #: A training experiment, not a GenAI one: MLflow's UI then opens its runs table (see tracking/ui_links.py).
@@ -91,7 +93,10 @@ class RunTracker:
                 os.environ.setdefault(key, value)
         self.experiment_name = experiment_name
         self.run_name = run_name
-        self.artifact_location = artifact_location or (self.local_dir / "mlartifacts").as_uri()
+        remote = self.tracking_uri.startswith(("http://", "https://"))
+        # A tracking server keeps a new experiment's artifacts where it is told to (--artifacts-destination,
+        # proxied): a path on this worker's disk would be unreadable from the server's UI on another machine.
+        self.artifact_location = artifact_location or (None if remote else (self.local_dir / "mlartifacts").as_uri())
         self.parent_run_id = parent_run_id
         self.retry_seconds = retry_seconds
         self._tags = {str(k): str(v) for k, v in (tags or {}).items()}

@@ -36,9 +36,13 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for both arms (e.g. learning_rate=1e-3), recorded with each run")
     args = parser.parse_args()
-    import yaml
+    from vlm_rl.commands.demo import DEMO_SETTINGS
 
-    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
+    overrides = {k: _value(v) for k, _, v in (item.partition("=") for item in args.set)}
+    # the rates are always recorded, so a run stays labelled when the demo's defaults change
+    overrides = {"learning_rate": DEMO_SETTINGS["learning_rate"],
+                 "sft_warmup_learning_rate": DEMO_SETTINGS.get("sft_warmup_learning_rate")
+                 or DEMO_SETTINGS["learning_rate"], **overrides}
     root = Path(tempfile.mkdtemp(prefix="async-reward-"))
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"runs": []}
@@ -59,9 +63,22 @@ def main() -> None:
             out.write_text(json.dumps(results, indent=1))  # after every run: a long sweep loses nothing
     for key in sorted({json.dumps(r.get("overrides", {}), sort_keys=True) for r in results["runs"]}):
         runs = [r for r in results["runs"] if json.dumps(r.get("overrides", {}), sort_keys=True) == key]
-        name = "".join(c if c.isalnum() else "_" for c in key.strip("{}")) or "demo"
+        o = json.loads(key)
+        name = f"lr{o.get('learning_rate')}_warmup{o.get('sft_warmup_learning_rate')}" + "".join(
+            f"_{k}{v}" for k, v in sorted(o.items()) if k not in ("learning_rate", "sft_warmup_learning_rate"))
         print(f"settings: demo + {key}")
         summarize(runs, out.with_name(f"{out.stem}_{name}.png"))
+
+
+def _value(text: str):
+    """A --set value as YAML reads it, except that numbers YAML 1.1 leaves as text (``1e-3``) are numbers."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
 def summarize(runs: list[dict], plot: Path) -> None:

@@ -149,6 +149,8 @@ class GRPOConfig(BaseConfig):
     rollout_batch_size: int = Field(64, ge=1, description="completions generated per forward batch")
     format_weight: float = Field(0.5, ge=0)
     eval_steps: int = Field(0, ge=0, description="evaluate every N steps; 0 = off")
+    eval_on_start: bool = Field(False, description="with eval_steps: also evaluate the policy GRPO starts from "
+                                "(after any SFT warm-up), logged at step 0, the baseline later evaluations beat")
     log_images_every: int = Field(5, ge=0, description="draw sample rollouts every N steps; 0 = off")
     sft_warmup_steps: int = Field(0, ge=0, description="supervised steps before GRPO (makes tiny models learnable)")
     sft_warmup_learning_rate: float | None = Field(

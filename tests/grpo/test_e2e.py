@@ -11,9 +11,9 @@ format, then 20 GRPO steps with 2 learners and 2 rollout actors):
 
 They answer the issues' questions: the steps complete one update off-policy, the trainable parameters change,
 the rollout actors hold exactly the learners' weights after the last sync, the on-policy reward rises and beats
-the control (credit to GRPO), and the control stays flat. The asynchronous run's reward is printed beside the
-on-policy one, not asserted: on this task, at the demo's learning rate, it learns worse (measured; see
-docs/PERFORMANCE.md). A short LoRA run checks the adapter sync through the pool bit for bit (the main runs are
+the control (credit to GRPO), the control stays flat, and the asynchronous run learns about as well as the
+on-policy one (at the demo's GRPO rate of 1e-3 the paired gap was +0.008 ± 0.016 over 3 seeds; at 3e-3 it was
+−0.11, which this test would catch; docs/PERFORMANCE.md). A short LoRA run checks the adapter sync through the pool bit for bit (the main runs are
 full fine-tuning).
 """
 
@@ -98,11 +98,11 @@ def test_reward_rises_and_beats_the_control(demo_run, async_run, control_run):
     assert control["reward_last"] == pytest.approx(control["reward_first"], abs=0.1), control
     assert on_policy["reward_last"] > on_policy["reward_first"] + 0.05, on_policy
     assert on_policy["reward_last"] > control["reward_last"] + 0.05, (on_policy["reward_last"], control["reward_last"])
-    # Recorded, not asserted: one step off-policy learns worse than on-policy on this task at the demo's
-    # learning rate (docs/PERFORMANCE.md, "Asynchronous GRPO on the CPU task"; bench/async_reward_cpu.py).
     half = SETTINGS["num_steps"] // 2
     means = [statistics.mean(_rewards(s)[half:]) for s in (on_policy, off_policy, control)]
     print("second-half mean reward: on-policy {:.3f}, max_staleness=1 {:.3f}, control {:.3f}".format(*means))
+    # one step off-policy keeps up with on-policy at this learning rate (bench/async_reward_cpu.py: 3 seeds)
+    assert means[1] > means[0] - 0.1 and means[1] > means[2] + 0.03, means
 
 
 #: A short LoRA run (beta > 0: the adapter-off reference) through a 2-actor pool and 2 ZeRO-2 learners, the adapter

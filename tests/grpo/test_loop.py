@@ -103,6 +103,25 @@ def test_sft_warmup_learning_rate_applies_to_the_warmup_only():
     assert learner.rates == [(0, 3e-3), (2, 1e-4)]  # set before the first warm-up step, restored before GRPO
 
 
+def test_eval_on_start_scores_the_synced_starting_policy_once():
+    rollout, learner, evals = FakeRollout(), FakeLearner(), []
+
+    def evaluate(step):
+        evals.append((step, list(rollout.synced), len(learner.batches)))
+        return {"eval/mAP_50": 0.25}
+
+    sinks = LoopSinks(evaluate=evaluate)
+    state = grpo_train(config(eval_steps=2, eval_on_start=True, sft_warmup_steps=1), learner=learner,
+                       rollout=rollout, sampler=PromptSampler(samples(9)), sinks=sinks,
+                       sft_targets=lambda items: [[1, 2]] * len(items))
+    # step 0: after the warm-up and the first sync, before any GRPO update; then every eval_steps
+    assert evals == [(0, [1], 0), (2, [1, 2, 3], 2)]
+    assert state.start_eval == {"eval/mAP_50": 0.25} and "eval/mAP_50" not in state.history[0]
+    resumed = grpo_train(config(eval_steps=2, eval_on_start=True, num_steps=4), learner=learner,
+                         rollout=rollout, sampler=PromptSampler(samples(9)), sinks=sinks, state=state)
+    assert [e[0] for e in evals] == [0, 2, 4] and resumed.start_eval == state.start_eval  # not redone on resume
+
+
 def test_resume_state_continues_where_it_stopped():
     rollout = FakeRollout()
     start = LoopState(step=2, samples=4, cursor=4, version=3)

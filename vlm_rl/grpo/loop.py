@@ -34,6 +34,7 @@ class LoopState:
     version: int = 0  # weights version held by the rollout pool
     sft_steps: int = 0
     history: list[dict] = field(default_factory=list)
+    start_eval: dict = field(default_factory=dict)  # eval of the policy GRPO starts from (eval_on_start)
 
 
 class PhaseTimer:
@@ -156,6 +157,9 @@ def grpo_train(
     # Fresh (or restarted) rollout actors hold the base weights: always start from the learners'.
     state.version = max(state.version, 1)
     sync_weights(learner, rollout, comm, state.version)
+    if rank == 0 and config.eval_on_start and sinks.evaluate and state.step == 0 and not state.start_eval:
+        _wait_for_sync(rollout)  # the baseline every later evaluation is judged against: warm-up only, no GRPO
+        state.start_eval = sinks.evaluate(0)
     stale = config.max_staleness
     queue = RolloutQueue(rollout, sampler, prompts_per_step=config.prompts_per_step, num_generations=G,
                          max_staleness=stale, last_step=config.num_steps, submit=rank == 0)

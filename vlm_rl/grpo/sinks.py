@@ -123,6 +123,8 @@ class RunSinks:
     def evaluate(self, step: int) -> dict:
         metrics = self.rollout.evaluate(self.config.val_data)
         print(eval_line(step, metrics), flush=True)
+        if step == 0:  # the starting point (eval_on_start) has no GRPO step row to travel with
+            self.tracker.log_metrics(metrics, step=0)
         return metrics
 
     def progress(self, step: int, metrics: dict) -> None:
@@ -160,6 +162,7 @@ class RunSinks:
             "health": [a.code for a in self.alerts],
             "wall_seconds": time.time() - self.started,
             "history": history,
+            "start_eval": state.start_eval,
         }
         try:
             from vlm_rl.reports.curves import plot_training_curves

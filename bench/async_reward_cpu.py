@@ -36,13 +36,15 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for both arms (e.g. learning_rate=1e-3), recorded with each run")
     args = parser.parse_args()
-    from vlm_rl.commands.demo import DEMO_SETTINGS
+    from vlm_rl.commands.demo import DEMO_SETTINGS, _kv
+    from vlm_rl.config import GRPOConfig
 
-    overrides = {k: _value(v) for k, _, v in (item.partition("=") for item in args.set)}
-    # the rates are always recorded, so a run stays labelled when the demo's defaults change
-    overrides = {"learning_rate": DEMO_SETTINGS["learning_rate"],
-                 "sft_warmup_learning_rate": DEMO_SETTINGS.get("sft_warmup_learning_rate")
-                 or DEMO_SETTINGS["learning_rate"], **overrides}
+    given = dict(_kv(item) for item in args.set)
+    # recorded as the config reads them (``1e-3`` is a number), the rates always, so a run stays labelled
+    # when the demo's defaults change
+    config = GRPOConfig(**{**DEMO_SETTINGS, **given})
+    overrides = {k: getattr(config, k) for k in ("learning_rate", "sft_warmup_learning_rate", *given)}
+    overrides["sft_warmup_learning_rate"] = config.sft_warmup_learning_rate or config.learning_rate
     root = Path(tempfile.mkdtemp(prefix="async-reward-"))
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"runs": []}
@@ -68,17 +70,6 @@ def main() -> None:
             f"_{k}{v}" for k, v in sorted(o.items()) if k not in ("learning_rate", "sft_warmup_learning_rate"))
         print(f"settings: demo + {key}")
         summarize(runs, out.with_name(f"{out.stem}_{name}.png"))
-
-
-def _value(text: str):
-    """A --set value as YAML reads it, except that numbers YAML 1.1 leaves as text (``1e-3``) are numbers."""
-    import yaml
-
-    value = yaml.safe_load(text)
-    try:
-        return float(value) if isinstance(value, str) else value
-    except ValueError:
-        return value
 
 
 def summarize(runs: list[dict], plot: Path) -> None:

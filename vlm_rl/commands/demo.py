@@ -62,9 +62,8 @@ def run(args) -> int:
     history = summary.get("history") or []
     half = max(1, len(history) // 2)
     det = [r.get("reward/detection", 0.0) for r in history]
-    start = summary.get("start_eval") or {}
-    maps = [(0, start["eval/mAP_50"])] * ("eval/mAP_50" in start)
-    maps += [(r["step"], r["eval/mAP_50"]) for r in history if "eval/mAP_50" in r]
+    rows = [{"step": 0, **(summary.get("start_eval") or {})}, *history]  # step 0: before GRPO (eval_on_start)
+    maps = [(r["step"], r["eval/mAP_50"]) for r in rows if "eval/mAP_50" in r]
     print(
         f"\nDemo finished: reward {summary['reward_first']:.3f} → {summary['reward_last']:.3f} over "
         f"{summary['steps']} GRPO steps; detection reward {_mean(det[:half]):.3f} (first half) → "

@@ -88,12 +88,12 @@ class RunTracker:
         self.local_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.local_dir / "metrics.jsonl"
         self.tracking_uri = tracking_uri or default_tracking_uri(self.local_dir)
-        if self.tracking_uri.startswith(("http://", "https://")):
+        remote = self.tracking_uri.startswith(("http://", "https://"))
+        if remote:
             for key, value in HTTP_ENV_DEFAULTS.items():
                 os.environ.setdefault(key, value)
         self.experiment_name = experiment_name
         self.run_name = run_name
-        remote = self.tracking_uri.startswith(("http://", "https://"))
         # A tracking server keeps a new experiment's artifacts where it is told to (--artifacts-destination,
         # proxied): a path on this worker's disk would be unreadable from the server's UI on another machine.
         self.artifact_location = artifact_location or (None if remote else (self.local_dir / "mlartifacts").as_uri())

@@ -1,4 +1,5 @@
-"""The shape every `ray job submit` entry point shares: parse → validate (before Ray) → run → print summary."""
+"""The shape every `ray job submit` entry point shares: parse → validate (before Ray) → run → print summary and
+the run's MLflow links (what `ray job logs` shows the user at the end)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 
 from vlm_rl.commands._common import load_config_with_hints, normalise_tokens
 from vlm_rl.config import ConfigError
+from vlm_rl.tracking.ui_links import browse_lines
 
 
 def run_entry(name: str, config_cls, run: Callable, argv: list[str] | None, *,
@@ -30,4 +32,5 @@ def run_entry(name: str, config_cls, run: Callable, argv: list[str] | None, *,
         print(f"ray_jobs.{name}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
+    print("\n".join(browse_lines(config.resolved_tracking_uri, summary.get("run_id"))))
     return 0

@@ -79,6 +79,9 @@ def test_submitted_tiny_job_writes_an_mlflow_run(two_cpu_cluster, tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     run = runs[0]
+    # the job's log ends with the run's links into MLflow's classic UI
+    charts = f"/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}/model-metrics?workflowType="
+    assert charts in done.stdout + done.stderr, done.stdout[-3000:]
     assert run.info.status == "FINISHED"
     assert run.data.params["lora_r"] == "8" and run.data.params["beta"] == "0.04"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "reward/total")]

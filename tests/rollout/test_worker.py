@@ -108,6 +108,32 @@ def test_weight_update_waits_for_a_running_generate(tiny_model_dir, items):
     assert all(torch.equal(worker.get_weights()[k], second[k]) for k in second)
 
 
+def test_generate_that_overtakes_its_update_waits_for_it(tiny_model_dir, items):
+    """Ray may start a threaded actor's generate before the update sent ahead of it: the generate waits for
+    the version the caller sent (``min_version``) instead of sampling stale weights; a restarted actor
+    (version 0) does not wait."""
+    import threading
+    import time
+
+    worker = RolloutWorker(str(tiny_model_dir), labels=None, max_image_size=64, max_new_tokens=8,
+                           batch_size=4, lora_rank=4, lora_alpha=8)
+    adapter = worker.get_weights()
+    worker.update_weights(adapter, version=1)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(
+        worker.generate(list(enumerate(items[:1])), 2, step=2, min_version=2)))
+    thread.start()
+    time.sleep(0.3)
+    assert not worker.generating() and thread.is_alive()  # waiting for version 2, outside the lock
+    worker.update_weights({k: v + 0.01 for k, v in adapter.items()}, version=2)
+    thread.join(timeout=60)
+    assert {c.weights_version for c in result["completions"]} == {2}
+    fresh = RolloutWorker(str(tiny_model_dir), labels=None, max_image_size=64, max_new_tokens=8, batch_size=4)
+    started = time.monotonic()
+    out = fresh.generate(list(enumerate(items[:1])), 2, step=1, min_version=5, wait_s=30)
+    assert time.monotonic() - started < 20 and {c.weights_version for c in out["completions"]} == {0}
+
+
 def test_fifo_lock_admits_callers_in_arrival_order():
     import threading
     import time

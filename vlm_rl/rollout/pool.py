@@ -253,11 +253,11 @@ class RolloutPool:
     def submit(self, prompts: list[PromptItem], num_generations: int, step: int) -> RolloutHandle:
         """Start a step's generation on the actors and return at once (asynchronous GRPO keeps steps in flight).
 
-        Each actor runs its calls in order of arrival behind its weight lock, so this shard samples with the
-        newest weights sent before this call (``min_version``) or later; ``collect`` enforces it.
+        Each actor runs its calls in order of arrival behind its weight lock and waits for the weights sent
+        before this call (``min_version``), so this shard samples with them or later; ``collect`` enforces it.
         """
         shards = split_evenly(list(enumerate(prompts)), len(self.workers))
-        refs = {i: self.workers[i].generate.remote(shard, num_generations, step)
+        refs = {i: self.workers[i].generate.remote(shard, num_generations, step, self.version)
                 for i, shard in enumerate(shards) if shard}
         return RolloutHandle(step, num_generations, shards, refs, min_version=self.version)
 
@@ -302,7 +302,7 @@ class RolloutPool:
             log.warning("rollout actor %d failed (%s); waiting for its restart and retrying", i, reason)
             self._wait_alive(self.workers[i])
             self._resync(self.workers[i])
-            pending[i] = self.workers[i].generate.remote(shards[i], num_generations, step)
+            pending[i] = self.workers[i].generate.remote(shards[i], num_generations, step, handle.min_version)
         self._reap_syncs()  # updates queued behind this step have landed by now: free their staging buffers
         completions: list[Completion] = []
         for i in sorted(results):

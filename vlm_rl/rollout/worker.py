@@ -14,6 +14,7 @@ would leave the base weights corrupted. A weight update asked for during a ``gen
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
 
 import torch
@@ -218,8 +219,18 @@ class RolloutWorker:
             return self.sampler.evaluate(val_data, limit)
 
     # -- generation ----------------------------------------------------------------------------
-    def generate(self, prompts: list[tuple[int, PromptItem]], num_generations: int, step: int) -> dict:
-        """Sample ``num_generations`` answers for each (index, prompt); return completions and timings."""
+    def generate(self, prompts: list[tuple[int, PromptItem]], num_generations: int, step: int,
+                 min_version: int = 0, wait_s: float = 60.0) -> dict:
+        """Sample ``num_generations`` answers for each (index, prompt); return completions and timings.
+
+        ``min_version``: the weights the caller sent before this call. Ray runs a threaded actor's calls in no
+        guaranteed order, so this call may reach the lock before the update sent ahead of it; it then waits
+        (outside the lock, up to ``wait_s``) for that update instead of sampling stale weights that the pool
+        would have to discard and redo. An actor at version 0 (restarted: base weights) does not wait: only
+        a resync brings it forward, and the pool does that when it sees the stale answer."""
+        deadline = time.monotonic() + wait_s
+        while 0 < self.weights_version < min_version and time.monotonic() < deadline:
+            time.sleep(0.005)
         with self._lock:
             self._generating = True
             try:

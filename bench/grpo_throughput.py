@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         if all("prompts_per_hour" in res.get(fw, {}) for fw in ("trl", "vlm-rl")):
             res["ratio_prompts_per_hour"] = res["vlm-rl"]["prompts_per_hour"] / res["trl"]["prompts_per_hour"]
             res["ratio_peak_memory"] = res["vlm-rl"]["peak_memory_gb"] / res["trl"]["peak_memory_gb"]
+        if "prompts_per_hour" in res.get("vlm-rl-unshared", {}) and "prompts_per_hour" in res.get("vlm-rl", {}):
+            res["ratio_shared_prompt_forward"] = \
+                res["vlm-rl"]["prompts_per_hour"] / res["vlm-rl-unshared"]["prompts_per_hour"]
         for pool_key, name in (("vlm-rl-pool", "pool"), ("vlm-rl-pool-async", "pool_async")):
             pool = res.get(pool_key, {})
             for other in ("trl", "vlm-rl", "vlm-rl-pool"):
@@ -192,7 +195,7 @@ def print_table(report: dict) -> None:
         if "ratio_prompts_per_hour" in res:
             print(f"{arch:5} ratio vlm-rl/TRL: prompts/h x{res['ratio_prompts_per_hour']:.2f}, "
                   f"peak memory x{res['ratio_peak_memory']:.2f}")
-        for key in sorted(k for k in res if k.startswith("ratio_pool")):
+        for key in sorted(k for k in res if k.startswith(("ratio_pool", "ratio_shared"))):
             print(f"{arch:5} {key.removesuffix('_prompts_per_hour')}: prompts/h x{res[key]:.2f}")
         if "floor" in res:
             f = res["floor"]

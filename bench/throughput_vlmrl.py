@@ -11,7 +11,9 @@ import torch
 from throughput_common import _free, _peak_gb, _reset_peak, summarise
 
 #: result key of each vlm-rl rollout mode
-MODE_KEYS = {"colocated": "vlm-rl", "pool": "vlm-rl-pool", "pool-async": "vlm-rl-pool-async"}
+#: ("colocated-unshared": the learner repeats each prompt per completion, share_prompt_forward off, for an A/B)
+MODE_KEYS = {"colocated": "vlm-rl", "colocated-unshared": "vlm-rl-unshared", "pool": "vlm-rl-pool",
+             "pool-async": "vlm-rl-pool-async"}
 
 
 def start_pool(model_dir: Path, args, gpu: bool):
@@ -56,7 +58,8 @@ def run_vlmrl(model_dir: Path, train: str, args, mode: str = "colocated") -> dic
         use_gpu=gpu, bf16=gpu, zero_stage=0, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
         num_generations=args.generations, prompts_per_step=args.prompts, num_steps=args.warmup + args.steps,
         beta=args.beta, loss_type="dapo", max_new_tokens=args.new_tokens, learning_rate=1e-5,
-        rollout_mode="pool" if pool_mode else mode, output_dir=tempfile.mkdtemp(prefix="vlmrl-bench-"),
+        rollout_mode="pool" if pool_mode else "colocated", share_prompt_forward=mode != "colocated-unshared",
+        output_dir=tempfile.mkdtemp(prefix="vlmrl-bench-"),
         micro_batch_size=args.micro_batch, compile_layers=args.compile_learner,
         compile_decode=args.compile_decode and not pool_mode,  # the actor gets it through its own kwargs
         max_staleness=staleness,

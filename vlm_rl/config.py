@@ -159,6 +159,9 @@ class GRPOConfig(BaseConfig):
         "pool", description="pool = Ray rollout actors; colocated = the learner's own model samples (1 learner)")
     compile_decode: bool = Field(False, description="colocated rollout: torch.compile the CUDA-graphed decode "
                                  "step (GPU; the first rollout compiles for about a minute)")
+    share_prompt_forward: bool = Field(
+        True, description="learner: run each GRPO group's prompt once and let its completions attend to it "
+        "(a block mask; same log-probs and gradients), instead of repeating the prompt per completion")
 
     @property
     def clip_high(self) -> float:

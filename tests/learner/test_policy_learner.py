@@ -97,3 +97,23 @@ def test_full_fine_tuning_measures_kl_to_a_frozen_reference(tiny_model_dir, synt
     lora = _learner(config.model_copy(update={"lora_r": 8}))
     lora.grpo_step(items, completions, advantages)
     assert lora.reference is None  # LoRA: the adapter-off network is the reference, no copy
+
+
+def test_shared_prompt_forward_gives_the_same_step(tiny_model_dir, synthetic_dataset, tmp_path):
+    """The learner's step with each group's prompt run once (share_prompt_forward, the default) equals the
+    row-per-completion step: loss, KL to the adapter-off reference (beta > 0) and gradient norm."""
+    base = dict(model_path=str(tiny_model_dir), train_data=str(synthetic_dataset[0]), num_learners=1, lora_r=8,
+                beta=0.04, max_new_tokens=8, max_image_size=64, prompts_per_step=2, num_generations=3,
+                rollout_mode="colocated", output_dir=str(tmp_path), learning_rate=1e-3,
+                disable_gradient_checkpointing=True)
+    items, completions, advantages = _step_inputs(synthetic_dataset[0])
+    steps = []
+    for share in (False, True):
+        learner = _learner(GRPOConfig(**base, share_prompt_forward=share))
+        steps.append([learner.grpo_step(items, completions, advantages) for _ in range(2)])
+    (plain_1, plain_2), (shared_1, shared_2) = steps
+    assert shared_1["kl"] == plain_1["kl"] == 0.0  # the step-1 policy is the reference
+    assert shared_2["kl"] == pytest.approx(plain_2["kl"], rel=1e-3) and plain_2["kl"] > 0
+    for want, got in ((plain_1, shared_1), (plain_2, shared_2)):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4, abs=1e-7)
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-3)

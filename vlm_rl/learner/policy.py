@@ -68,17 +68,23 @@ def image_features(model, batch: dict):
     return features
 
 
-def completion_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+def completion_logprobs(model, batch: dict, temperature: float = 1.0, share_prompts: bool = False) -> torch.Tensor:
     """Log-probs of the completion tokens, [N, C].
 
     Runs the decoder for hidden states and turns only the completion span into log-probs chunk by chunk
     (``chunked_token_logprobs``), so no [N, C, vocab] logits tensor exists in either pass. Falls back to
     sliced logits when the lm_head weight is sharded (ZeRO-3) or the model has no separate lm_head.
+    ``share_prompts``: rows that share a prompt run it once (``learner/shared_prompt.py``); same values.
     """
     completion_ids = batch["input_ids"][:, batch["prompt_length"] :]
     width = completion_ids.shape[1]
     lm = _causal_lm(model)
     head = getattr(lm, "lm_head", None)
+    if share_prompts and head is not None and hasattr(lm, "model"):
+        from vlm_rl.learner.shared_prompt import can_pack
+
+        if can_pack(batch, getattr(lm.config, "_attn_implementation", None)):
+            return _packed_completion_logprobs(lm, model, batch, temperature)
     if head is not None and hasattr(lm, "model") and not hasattr(head.weight, "ds_id"):
         from vlm_rl.algos.logprobs import chunked_token_logprobs
 
@@ -92,6 +98,40 @@ def completion_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.T
     from vlm_rl.algos.logprobs import selective_log_softmax
 
     return selective_log_softmax(logits, completion_ids)
+
+
+def _packed_completion_logprobs(lm, model, batch: dict, temperature: float) -> torch.Tensor:
+    """``completion_logprobs`` with each group's prompt run once. The packing is kept in ``batch`` so the
+    reference pass of the same micro-batch reuses it."""
+    from vlm_rl.algos.logprobs import chunked_token_logprobs, selective_log_softmax
+    from vlm_rl.learner.shared_prompt import pack_prompt_groups, packed_position_ids
+
+    core = lm.model
+    packed = batch.get("_packed")
+    if packed is None:
+        eager = getattr(lm.config, "_attn_implementation", None) == "eager"
+        pad_id = _pad_id(lm)
+        packed = pack_prompt_groups(batch, pad_id, float_mask_dtype=lm.dtype if eager else None)
+        packed["position_ids"] = packed_position_ids(core, packed)
+        batch["_packed"] = packed
+    inputs = model_inputs(packed, model)
+    inputs["position_ids"] = packed["position_ids"]
+    hidden = core(**inputs, use_cache=False).last_hidden_state
+    picked = hidden.reshape(-1, hidden.shape[-1])[packed["hidden_index"]]  # [N, C, H]
+    completion_ids = packed["completion_ids"]
+    if not hasattr(lm.lm_head.weight, "ds_id"):
+        return chunked_token_logprobs(picked, lm.lm_head.weight, completion_ids, temperature=temperature)
+    logits = lm.lm_head(picked)  # ZeRO-3: the module call gathers the sharded head
+    if temperature != 1.0:
+        logits = logits / temperature
+    return selective_log_softmax(logits, completion_ids)
+
+
+def _pad_id(lm) -> int:
+    """Any token id serves for padding in the packed row (its columns are masked); the config's if set."""
+    text = getattr(lm.config, "text_config", lm.config)
+    pad = getattr(text, "pad_token_id", None) or getattr(lm.config, "pad_token_id", None)
+    return int(pad) if pad is not None else 0
 
 
 def _causal_lm(model):

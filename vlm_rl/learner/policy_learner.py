@@ -190,15 +190,18 @@ class PolicyLearner:
         batch = inputs(plan[0][0])
         for i, (sl, live) in enumerate(plan):
             mask = batch["completion_mask"].float()
-            logp = completion_logprobs(engine, batch, config.temperature)
+            share = config.share_prompt_forward
+            logp = completion_logprobs(engine, batch, config.temperature, share_prompts=share)
             ref_logp = None
             if config.beta > 0:
                 with torch.no_grad():
                     if self.reference is not None:  # full fine-tuning: the frozen copy taken at GRPO start
-                        ref_logp = completion_logprobs(self.reference.module, batch, config.temperature)
+                        ref_logp = completion_logprobs(self.reference.module, batch, config.temperature,
+                                                       share_prompts=share)
                     else:  # LoRA: the same network with the adapter off
                         with reference_context(engine.module, self.lora):
-                            ref_logp = completion_logprobs(engine, batch, config.temperature)
+                            ref_logp = completion_logprobs(engine, batch, config.temperature,
+                                                           share_prompts=share)
             adv = advantages[sl].to(self.device, dtype=logp.dtype)
             if tis:  # weight min(pi_learner / pi_sampler, cap) per token, on the policy-gradient term only
                 sampler_logp = sampler_logprob_matrix([c.sampling_logprobs for c in completions[sl]], logp.shape[1])

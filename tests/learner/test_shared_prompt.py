@@ -1,0 +1,77 @@
+"""The shared-prompt forward gives the row-per-completion forward's log-probs and gradients, with fewer tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from vlm_rl.learner.policy import completion_logprobs
+from vlm_rl.learner.shared_prompt import can_pack, pack_prompt_groups, prompt_groups
+from vlm_rl.models.loading import load_model, load_processor
+from vlm_rl.models.prompts import build_policy_inputs
+
+
+def test_prompt_groups_are_runs_of_one_prompt():
+    assert prompt_groups([0, 0, 1, 1, 1, 2, 0]) == [(0, 2), (2, 3), (5, 1), (6, 1)]
+    assert prompt_groups([]) == []
+
+
+def _batch(processor, side: int, completions, repeats):
+    # Two image sizes: the prompts differ in length, so the shorter one is left-padded.
+    images = [Image.new("RGB", (2 * side, 2 * side), (200, 30, 30)), Image.new("RGB", (side, 2 * side), (30, 30, 200)),
+              Image.new("RGB", (side, side), (30, 200, 30))]
+    return build_policy_inputs(processor, images[: len(repeats)], "Find the signs.", completions, repeats=repeats,
+                               share_images=True)
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
+def test_packed_logprobs_and_gradients_equal_row_per_completion(request, family):
+    path = request.getfixturevalue("tiny_model_dir" if family == "qwen3_vl" else "tiny_qwen25_dir")
+    model, processor = load_model(path).eval(), load_processor(path)
+    side = 32 if family == "qwen3_vl" else 28
+    # Groups of 2, 3 and 1 rows; uneven completion lengths (right padding inside the blocks).
+    completions = [[58, 4913, 17, 90], [60, 61], [58, 60, 5, 6, 7], [1, 2], [7], [11, 12, 13]]
+    batch = _batch(processor, side, completions, [2, 3, 1])
+    assert can_pack(batch, "sdpa") and not can_pack(batch, "flash_attention_2")
+    mask = batch["completion_mask"].bool()
+
+    def run(share: bool):
+        model.zero_grad()
+        logp = completion_logprobs(model, dict(batch), share_prompts=share)
+        weights = torch.linspace(0.5, 1.5, logp.numel()).view_as(logp)
+        (logp * weights * mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logp.detach(), grads
+
+    want, want_grads = run(False)
+    got, got_grads = run(True)
+    torch.testing.assert_close(got[mask], want[mask], atol=2e-5, rtol=1e-4)
+    assert want_grads.keys() == got_grads.keys() and len(want_grads) > 10
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, atol=5e-5, rtol=1e-3, msg=name)
+
+
+def test_packing_runs_each_prompt_once(request, tiny_model_dir):
+    processor = load_processor(tiny_model_dir)
+    completions = [[5, 6, 7]] * 4 + [[8, 9]] * 4
+    batch = _batch(processor, 32, completions, [4, 4])
+    packed = pack_prompt_groups(batch, pad_id=0)
+    prompt_len, width = batch["prompt_length"], batch["completion_mask"].shape[1]
+    assert packed["input_ids"].shape == (2, prompt_len + 4 * width)  # was 8 rows of prompt + completion
+    image_token = batch["input_ids"][0, :prompt_len].tolist().count(
+        processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    assert image_token > 0
+    assert packed["input_ids"][0].tolist().count(processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")) \
+        == image_token  # the image's tokens appear once per group
+    allowed = packed["attention_mask"][0, 0]
+    first, second = prompt_len, prompt_len + width  # first token of completion 0 and of completion 1
+    assert allowed[second, : prompt_len].any() and not allowed[second, first : first + width].any()
+
+
+def test_eager_attention_gets_an_additive_mask(tiny_model_dir):
+    processor = load_processor(tiny_model_dir)
+    batch = _batch(processor, 32, [[5, 6], [7]], [2])
+    packed = pack_prompt_groups(batch, pad_id=0, float_mask_dtype=torch.float32)
+    mask = packed["attention_mask"]
+    assert mask.dtype == torch.float32 and float(mask.max()) == 0.0 and float(mask.min()) < -1e30

@@ -1,0 +1,128 @@
+"""Shared-prompt forward for the learner: a GRPO group's completions share one prompt, so run it once.
+
+A row-per-completion batch repeats each prompt (at 1024 px about 1,000 image tokens) once per completion.
+Here the rows of one group become one packed row: the prompt, then every completion in its own block. A
+block mask lets each completion attend to the prompt and to its own earlier tokens only, and each block's
+rotary positions continue from the prompt as in its own row, so the log-probs and their gradients equal
+the row-per-completion forward's (tests/learner/test_shared_prompt.py). The decoder then sees P + G·C tokens
+per group instead of G·(P + C). It works on the stock Hugging Face model through a custom 4-D attention
+mask (SDPA or eager attention); verl's PrefixGrouper instead splits attention into two calls inside a
+modified model file.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def prompt_groups(image_rows: list[int]) -> list[tuple[int, int]]:
+    """(first row, row count) of each run of consecutive rows that show the same prompt."""
+    runs: list[tuple[int, int]] = []
+    for r, image in enumerate(image_rows):
+        if runs and image_rows[runs[-1][0]] == image:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((r, 1))
+    return runs
+
+
+def can_pack(batch: dict, attn_implementation: str | None) -> bool:
+    """Packing pays when some prompt serves two or more rows, and needs an attention that takes a 4-D mask."""
+    if attn_implementation not in (None, "sdpa", "eager") or "image_rows" not in batch:
+        return False
+    if batch["input_ids"].shape[1] <= int(batch["prompt_length"]):
+        return False
+    return len(prompt_groups(list(batch["image_rows"]))) < len(batch["image_rows"])
+
+
+def pack_prompt_groups(batch: dict, pad_id: int, float_mask_dtype: torch.dtype | None = None) -> dict:
+    """The packed batch of a ``share_images`` policy batch (``policy_inputs_from_encoding``).
+
+    Returns the model's inputs for one row per group (``input_ids``, a 4-D ``attention_mask``,
+    ``mm_token_type_ids``, ``image_grid_thw``, ``image_rows``, ``pixel_values``, ``unique_image_grid_thw``),
+    plus ``prompt_mask`` (the prompts' own 2-D mask, for rotary positions), ``block_of`` [B, L] (-1 padding,
+    0 prompt, j + 1 completion j), ``hidden_index`` [N, C] (where in the flattened [B·L] hidden states each
+    completion token's prediction is read) and ``completion_ids`` [N, C].
+    ``float_mask_dtype``: an additive mask of that dtype (eager attention) instead of a boolean one (SDPA).
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    prompt_len = int(batch["prompt_length"])
+    n, width = ids.shape
+    c = width - prompt_len
+    groups = prompt_groups(list(batch["image_rows"]))
+    k = max(count for _, count in groups)
+    length = -(-(prompt_len + k * c) // 16) * 16  # whole 16-column tiles: the masked SDPA kernels want them
+    device = ids.device
+    starts = torch.tensor([s for s, _ in groups], dtype=torch.long, device=device)
+    # Row r of the batch is completion j = r - start of group g: its block is j + 1.
+    group_of = torch.tensor([g for g, (_, count) in enumerate(groups) for _ in range(count)], device=device)
+    slot_of = torch.arange(n, device=device) - starts[group_of]
+
+    packed_ids = torch.full((len(groups), length), pad_id, dtype=ids.dtype, device=device)
+    packed_ids[:, :prompt_len] = ids[starts, :prompt_len]
+    valid = torch.zeros((len(groups), length), dtype=torch.bool, device=device)
+    valid[:, :prompt_len] = mask[starts, :prompt_len].bool()
+    block_of = torch.full((len(groups), length), -1, dtype=torch.long, device=device)
+    block_of[:, :prompt_len] = 0
+    cols = prompt_len + slot_of[:, None] * c + torch.arange(c, device=device)[None, :]  # [N, C] packed columns
+    rows = group_of[:, None].expand(-1, c)
+    packed_ids[rows, cols] = ids[:, prompt_len:]
+    valid[rows, cols] = batch["completion_mask"].bool()
+    block_of[rows, cols] = (slot_of + 1)[:, None].expand(-1, c)
+
+    pos = torch.arange(length, device=device)
+    causal = pos[None, :] <= pos[:, None]
+    same_block = (block_of[:, None, :] == 0) | (block_of[:, None, :] == block_of[:, :, None])
+    allowed = valid[:, None, :] & causal[None] & same_block
+    allowed |= torch.eye(length, dtype=torch.bool, device=device)[None]  # padding queries see themselves only
+    attention = allowed[:, None]
+    if float_mask_dtype is not None:
+        attention = torch.zeros(attention.shape, dtype=float_mask_dtype, device=device).masked_fill(
+            ~attention, torch.finfo(float_mask_dtype).min)
+
+    # Token t of a completion is predicted at the position before it: the prompt's last for t = 0.
+    before = cols - 1
+    before[:, 0] = prompt_len - 1
+    out = {
+        "input_ids": packed_ids,
+        "attention_mask": attention,
+        "prompt_mask": mask[starts, :prompt_len],
+        "block_of": block_of,
+        "image_grid_thw": batch["image_grid_thw"][starts],
+        "image_rows": [batch["image_rows"][s] for s, _ in groups],
+        "hidden_index": group_of[:, None] * length + before,
+        "completion_ids": ids[:, prompt_len:],
+        "prompt_length": prompt_len,
+        "completion_width": c,
+    }
+    for key in ("pixel_values", "unique_image_grid_thw"):
+        if key in batch:
+            out[key] = batch[key]
+    if "mm_token_type_ids" in batch:
+        mm = torch.zeros_like(packed_ids, dtype=batch["mm_token_type_ids"].dtype)
+        mm[:, :prompt_len] = batch["mm_token_type_ids"][starts, :prompt_len]
+        out["mm_token_type_ids"] = mm
+    return out
+
+
+def packed_position_ids(core, packed: dict) -> torch.Tensor:
+    """Multimodal rotary positions [3, B, L]: the prompt's from the model's own ``get_rope_index``; each
+    completion block continues from the prompt's largest position, as that completion's own row would."""
+    prompt_len = int(packed["prompt_length"])
+    ids = packed["input_ids"]
+    kwargs = {"image_grid_thw": packed["image_grid_thw"], "attention_mask": packed["prompt_mask"]}
+    if "mm_token_type_ids" in packed:
+        kwargs["mm_token_type_ids"] = packed["mm_token_type_ids"][:, :prompt_len]
+    prompt_pos, _ = core.get_rope_index(ids[:, :prompt_len], **kwargs)
+    prompt_pos = prompt_pos.to(ids.device)
+    real = packed["prompt_mask"].bool()[None].expand_as(prompt_pos)
+    first = prompt_pos.masked_fill(~real, -1).amax(dim=(0, 2)) + 1  # [B]: first completion token's position
+    block = packed["block_of"]
+    # Offset of each column inside its completion block (prompt and padding columns get 0).
+    offset = torch.arange(ids.shape[1], device=ids.device)[None, :] - prompt_len
+    c = int(packed["completion_width"])
+    offset = torch.where(block > 0, offset - (block - 1) * c, torch.zeros_like(offset))
+    completion_pos = (first[:, None] + offset)[None].expand(prompt_pos.shape[0], -1, -1)
+    positions = completion_pos.clone()
+    positions[:, :, :prompt_len] = prompt_pos
+    return positions

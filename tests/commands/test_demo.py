@@ -4,8 +4,10 @@ One run answers issue 12's questions about the first hour: every progress line i
 false KL alarm at beta=0, no Ray error line at start, eval results reach the console, the end prints
 direct links into MLflow's classic UI, and the thing the product is for improves: the model finds the sign and
 its detection reward rises under GRPO, while val mAP (greedy answers on 32 images, measured before GRPO too)
-does not fall: 20 GRPO steps of a 10 M-parameter model move it by a few images (here 0.69 → 0.76 with the
-demo's seed; over 3 seeds up in 2, down in 1, docs/PERFORMANCE.md), so the test asserts no collapse, not a rise. ~5-6 min on 2 cores shared with other work (the demo's budget is 5 min on 2 cores).
+rises above its starting point: 30 GRPO steps of a 10 M-parameter model move it by a few images (here 0.69 →
+0.79 at step 15 and 0.75 at the end with the demo's seed; over 3 seeds it ended up in 2 and level in 1, which
+started at 0.92, docs/PERFORMANCE.md), so the test asserts a rise at some evaluation and an end within one or
+two images of the start. ~5-6 min on 2 cores shared with other work (the demo's budget is 5 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -60,4 +62,5 @@ def test_the_model_detects_and_grpo_raises_the_detection_reward(demo):
     assert sum(d > 0 for d in det) >= 0.8 * len(det), "detection reward is 0 on too many steps"
     assert sum(det[half:]) > sum(det[:half]), f"GRPO did not raise the detection reward: {det}"
     assert min(n_pred) > 0, "the model predicted no boxes at an evaluation"
-    assert maps[-1] >= 0.3 and maps[-1] >= maps[0] - 0.15, f"val mAP@0.5 collapsed under GRPO: {maps}"
+    assert max(maps[1:]) > maps[0], f"val mAP@0.5 never rose above its value before GRPO: {maps}"
+    assert maps[-1] >= 0.3 and maps[-1] >= maps[0] - 0.05, f"val mAP@0.5 fell under GRPO: {maps}"

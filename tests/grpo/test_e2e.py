@@ -34,7 +34,7 @@ from vlm_rl.models.loading import load_model
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = dict(DEMO_SETTINGS)
+SETTINGS = {**DEMO_SETTINGS, "num_steps": 20}  # the demo's task; 20 steps (the demo's 30 would add ~2.5 min here)
 
 
 def _settings(out) -> dict:

@@ -17,12 +17,13 @@ HELP = "GRPO on synthetic traffic signs with a tiny Qwen3-VL on local Ray (CPU, 
 #: docs/PERFORMANCE.md) improves detection. 1,024 training pictures: the warm-up's 600 examples must not
 #: repeat a small set (with 64 it memorised them, so GRPO's prompts had nothing left to teach and val mAP
 #: fell). Sampling at 0.7: at 1.0 a 10 M-parameter model breaks its JSON so often that GRPO mostly learns the
-#: format again. Val mAP is measured on 32 pictures before GRPO too (eval_on_start), so the user sees what
-#: GRPO adds to the warm-up. tests/commands/test_demo.py runs the demo command as a user does.
+#: format again. 30 GRPO steps: after 20, val mAP had fallen in 1 seed of 3; after 30 it had fallen in none.
+#: Val mAP is measured on 32 pictures before GRPO too (eval_on_start), so the user sees what GRPO adds to the
+#: warm-up. tests/commands/test_demo.py runs the demo command as a user does.
 DEMO_SETTINGS = dict(
     model_path="tiny-qwen3-vl", lora_r=0, learning_rate=1e-3, sft_warmup_learning_rate=3e-3, eval_on_start=True,
     num_learners=2, num_rollout_workers=2,
-    prompts_per_step=4, num_generations=4, num_steps=20, sft_warmup_steps=150, max_new_tokens=40,
+    prompts_per_step=4, num_generations=4, num_steps=30, sft_warmup_steps=150, max_new_tokens=40,
     max_image_size=96, beta=0.0, temperature=0.7, zero_stage=2, log_images_every=5, eval_steps=5,
     format_weight=0.2, synthetic_train_size=1024, synthetic_val_size=32, synthetic_max_objects=1,
     disable_gradient_checkpointing=True, seed=0,

@@ -58,7 +58,10 @@ def test_packing_runs_each_prompt_once(request, tiny_model_dir):
     batch = _batch(processor, 32, completions, [4, 4])
     packed = pack_prompt_groups(batch, pad_id=0)
     prompt_len, width = batch["prompt_length"], batch["completion_mask"].shape[1]
-    assert packed["input_ids"].shape == (2, prompt_len + 4 * width)  # was 8 rows of prompt + completion
+    packed_len = -(-(prompt_len + 4 * width) // 16) * 16  # whole 16-column tiles for the masked SDPA kernels
+    assert packed["input_ids"].shape == (2, packed_len)  # was 8 rows of prompt + completion
+    end = prompt_len + 4 * width
+    assert not packed["attention_mask"][0, 0, :end, end:].any()  # tile padding: no real token attends to it
     image_token = batch["input_ids"][0, :prompt_len].tolist().count(
         processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
     assert image_token > 0

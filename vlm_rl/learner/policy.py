@@ -92,26 +92,21 @@ def completion_logprobs(model, batch: dict, temperature: float = 1.0, share_prom
         return chunked_token_logprobs(hidden[:, -(width + 1) : -1], head.weight, completion_ids,
                                       temperature=temperature)
     out = model(**model_inputs(batch, model), logits_to_keep=width + 1, use_cache=False)
-    logits = out.logits[:, :-1, :]
-    if temperature != 1.0:
-        logits = logits / temperature
-    from vlm_rl.algos.logprobs import selective_log_softmax
-
-    return selective_log_softmax(logits, completion_ids)
+    return _logits_logprobs(out.logits[:, :-1, :], completion_ids, temperature)
 
 
 def _packed_completion_logprobs(lm, model, batch: dict, temperature: float) -> torch.Tensor:
     """``completion_logprobs`` with each group's prompt run once. The packing is kept in ``batch`` so the
     reference pass of the same micro-batch reuses it."""
-    from vlm_rl.algos.logprobs import chunked_token_logprobs, selective_log_softmax
+    from vlm_rl.algos.logprobs import chunked_token_logprobs
     from vlm_rl.learner.shared_prompt import pack_prompt_groups, packed_position_ids
 
     core = lm.model
     packed = batch.get("_packed")
     if packed is None:
         eager = getattr(lm.config, "_attn_implementation", None) == "eager"
-        pad_id = _pad_id(lm)
-        packed = pack_prompt_groups(batch, pad_id, float_mask_dtype=lm.dtype if eager else None)
+        # pad id 0: padding columns are masked out, any token id serves
+        packed = pack_prompt_groups(batch, 0, float_mask_dtype=lm.dtype if eager else None)
         packed["position_ids"] = packed_position_ids(core, packed)
         batch["_packed"] = packed
     inputs = model_inputs(packed, model)
@@ -121,17 +116,13 @@ def _packed_completion_logprobs(lm, model, batch: dict, temperature: float) -> t
     completion_ids = packed["completion_ids"]
     if not hasattr(lm.lm_head.weight, "ds_id"):
         return chunked_token_logprobs(picked, lm.lm_head.weight, completion_ids, temperature=temperature)
-    logits = lm.lm_head(picked)  # ZeRO-3: the module call gathers the sharded head
-    if temperature != 1.0:
-        logits = logits / temperature
-    return selective_log_softmax(logits, completion_ids)
+    return _logits_logprobs(lm.lm_head(picked), completion_ids, temperature)  # ZeRO-3: the call gathers the head
 
 
-def _pad_id(lm) -> int:
-    """Any token id serves for padding in the packed row (its columns are masked); the config's if set."""
-    text = getattr(lm.config, "text_config", lm.config)
-    pad = getattr(text, "pad_token_id", None) or getattr(lm.config, "pad_token_id", None)
-    return int(pad) if pad is not None else 0
+def _logits_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    from vlm_rl.algos.logprobs import selective_log_softmax
+
+    return selective_log_softmax(logits / temperature if temperature != 1.0 else logits, ids)
 
 
 def _causal_lm(model):

@@ -187,10 +187,10 @@ class PolicyLearner:
         # Metrics stay on the device until the end: no host sync between micro-batches, so the CPU builds
         # the next micro-batch's inputs (image load, processor) while the GPU runs this one's backward.
         pending: list[tuple[float, torch.Tensor, dict]] = []
+        share = config.share_prompt_forward  # each group's prompt once (learner/shared_prompt.py)
         batch = inputs(plan[0][0])
         for i, (sl, live) in enumerate(plan):
             mask = batch["completion_mask"].float()
-            share = config.share_prompt_forward
             logp = completion_logprobs(engine, batch, config.temperature, share_prompts=share)
             ref_logp = None
             if config.beta > 0:

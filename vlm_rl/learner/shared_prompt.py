@@ -40,8 +40,8 @@ def pack_prompt_groups(batch: dict, pad_id: int, float_mask_dtype: torch.dtype |
 
     Returns the model's inputs for one row per group (``input_ids``, a 4-D ``attention_mask``,
     ``mm_token_type_ids``, ``image_grid_thw``, ``image_rows``, ``pixel_values``, ``unique_image_grid_thw``),
-    plus ``prompt_mask`` (the prompts' own 2-D mask, for rotary positions), ``block_of`` [B, L] (-1 padding,
-    0 prompt, j + 1 completion j), ``hidden_index`` [N, C] (where in the flattened [B·L] hidden states each
+    plus ``prompt_mask`` (the prompts' own 2-D mask, for rotary positions), ``completion_offset`` [B, L] (a
+    completion column's place in its block, 0 elsewhere), ``hidden_index`` [N, C] (where in the flattened [B·L] hidden states each
     completion token's prediction is read) and ``completion_ids`` [N, C].
     ``float_mask_dtype``: an additive mask of that dtype (eager attention) instead of a boolean one (SDPA).
     """
@@ -69,6 +69,8 @@ def pack_prompt_groups(batch: dict, pad_id: int, float_mask_dtype: torch.dtype |
     packed_ids[rows, cols] = ids[:, prompt_len:]
     valid[rows, cols] = batch["completion_mask"].bool()
     block_of[rows, cols] = (slot_of + 1)[:, None].expand(-1, c)
+    offset = torch.zeros((len(groups), length), dtype=torch.long, device=device)  # column's place in its block
+    offset[rows, cols] = torch.arange(c, device=device)[None, :].expand(n, -1)
 
     pos = torch.arange(length, device=device)
     causal = pos[None, :] <= pos[:, None]
@@ -87,13 +89,12 @@ def pack_prompt_groups(batch: dict, pad_id: int, float_mask_dtype: torch.dtype |
         "input_ids": packed_ids,
         "attention_mask": attention,
         "prompt_mask": mask[starts, :prompt_len],
-        "block_of": block_of,
+        "completion_offset": offset,
         "image_grid_thw": batch["image_grid_thw"][starts],
         "image_rows": [batch["image_rows"][s] for s, _ in groups],
         "hidden_index": group_of[:, None] * length + before,
         "completion_ids": ids[:, prompt_len:],
         "prompt_length": prompt_len,
-        "completion_width": c,
     }
     for key in ("pixel_values", "unique_image_grid_thw"):
         if key in batch:
@@ -117,12 +118,7 @@ def packed_position_ids(core, packed: dict) -> torch.Tensor:
     prompt_pos = prompt_pos.to(ids.device)
     real = packed["prompt_mask"].bool()[None].expand_as(prompt_pos)
     first = prompt_pos.masked_fill(~real, -1).amax(dim=(0, 2)) + 1  # [B]: first completion token's position
-    block = packed["block_of"]
-    # Offset of each column inside its completion block (prompt and padding columns get 0).
-    offset = torch.arange(ids.shape[1], device=ids.device)[None, :] - prompt_len
-    c = int(packed["completion_width"])
-    offset = torch.where(block > 0, offset - (block - 1) * c, torch.zeros_like(offset))
-    completion_pos = (first[:, None] + offset)[None].expand(prompt_pos.shape[0], -1, -1)
+    completion_pos = (first[:, None] + packed["completion_offset"])[None].expand(prompt_pos.shape[0], -1, -1)
     positions = completion_pos.clone()
     positions[:, :, :prompt_len] = prompt_pos
     return positions

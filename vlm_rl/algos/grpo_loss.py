@@ -1,5 +1,12 @@
 """The GRPO policy loss: clipped importance-ratio surrogate + k3 KL to the reference, four aggregations.
 
+Off-policy, the surrogate is decoupled PPO (docs/ARCHITECTURE.md, "Off-policy objective"): per token
+
+    L_t = -w_t * min(r_t * A, clip(r_t, 1 - eps_low, 1 + eps_high) * A) + beta * k3(pi_theta, pi_ref),
+    r_t = pi_theta(y_t) / pi_prox(y_t),   w_t = IS weight of pi_prox against the sampler (algos/importance.py)
+
+where ``old_logp`` is log pi_prox (the learner before the batch's first update) and ``is_weights`` is w.
+
 Aggregation decides how much each *token* weighs, which changes what the policy learns about length:
 
 * ``grpo``: mean over a sequence's tokens, then over sequences (the paper; long answers' tokens weigh less).
@@ -42,11 +49,14 @@ def grpo_loss(
     max_completion_length: int | None = None,
     num_items_in_batch: float | torch.Tensor | None = None,
     num_sequences_in_batch: int | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scalar loss and detached metrics for completion tokens ``[N, T]``.
 
-    ``old_logp`` are the log-probs the completions were sampled with (``None``: on-policy, ratio 1 with
-    gradient); ``ref_logp`` the reference model's (``None`` or ``beta == 0``: no KL term).
+    ``old_logp`` are the proximal policy's log-probs, the centre of the clip (``None``: ``logp`` detached,
+    ratio 1 with gradient); ``ref_logp`` the reference model's (``None`` or ``beta == 0``: no KL term);
+    ``is_weights`` (``[N, T]`` or ``[N, 1]``, >= 0, detached) multiply the clipped policy-gradient term of each
+    token, not the KL term (``None``: 1).
     ``advantages`` is ``[N]`` (one per sequence) or ``[N, T]``. ``mask`` is 1 for completion tokens.
     Metrics: ``kl`` (masked mean k3, when ``ref_logp`` is given), ``clip_ratio`` (fraction of tokens whose
     gradient the clip removed), ``clip_ratio/low``, ``clip_ratio/high``, ``ratio`` (masked mean).
@@ -66,6 +76,10 @@ def grpo_loss(
     ratio = torch.exp(logp - old)
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     per_token = -torch.min(ratio * advantages, clipped * advantages)
+    if is_weights is not None:
+        if is_weights.shape[0] != logp.shape[0] or is_weights.shape[1] not in (1, logp.shape[1]):
+            raise ValueError(f"is_weights: shape {tuple(is_weights.shape)} does not broadcast to {tuple(logp.shape)}")
+        per_token = per_token * is_weights.detach().to(logp.dtype)
     kl = kl_k3(logp, ref_logp) if ref_logp is not None else None
     if kl is not None and beta > 0:
         per_token = per_token + beta * kl

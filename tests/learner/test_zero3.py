@@ -60,11 +60,19 @@ def _rank(rank: int, port: str, model_dir: str, data: str, out: str) -> None:
 
     # The bucketed export (tiny buckets: many gathers) against one gather of everything, as before issue 15.
     bucketed = export_trainable_weights(engine, lora=False, zero_stage=3, bucket_bytes=4096)
+    packed = export_trainable_weights(engine, lora=False, zero_stage=3, bucket_bytes=4096, packed=True)
     named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
     with deepspeed.zero.GatheredParameters([p for _, p in named]):
         at_once = {n: p.detach().to("cpu", copy=True) for n, p in named} if rank == 0 else None
     if rank == 0:
         result["export_after"] = sorted(n for n in at_once if not torch.equal(bucketed[n], at_once[n]))
+        # packed straight into the weight-sync buffer: the same bytes, and the transports send it as is
+        from vlm_rl.rollout import weight_sync
+
+        entries, buffer = weight_sync.pack(packed, "cpu")
+        result["packed_after"] = sorted(n for n in at_once if not torch.equal(packed[n], at_once[n]))
+        result["packed_zero_copy"] = buffer.data_ptr() == packed.buffer.data_ptr()
+        result["packed_roundtrip"] = all(torch.equal(v, at_once[k]) for k, v in weight_sync.unpack(entries, buffer).items())
         result["changed"] = sum(not torch.equal(bucketed[n], base[n]) for n in base)
         result["tensors"] = len(base)
     dist.barrier()
@@ -106,6 +114,7 @@ def test_bucketed_export_is_bit_exact(zero3_run):
     rank0 = zero3_run[0]
     assert rank0["export_before"] == []  # before any step: exactly the weights DeepSpeed was handed
     assert rank0["export_after"] == []  # after training: the same bits as one gather of everything
+    assert rank0["packed_after"] == [] and rank0["packed_zero_copy"] and rank0["packed_roundtrip"]
     assert rank0["changed"] >= rank0["tensors"] // 2
 
 

@@ -99,12 +99,16 @@ def sync_weights(learner, rollout, comm: Comm, version: int, wait: bool = True) 
     if getattr(rollout, "shares_weights", False):
         rollout.sync_weights(None, version)
         return
+    started = time.perf_counter()
     weights = learner.export_weights(for_sync=True)  # collective under ZeRO-3
+    exported = time.perf_counter() - started
     if comm.rank == 0:
         if wait:
             rollout.sync_weights(weights, version)
         else:
             rollout.sync_weights(weights, version, wait=False)
+        if isinstance(getattr(rollout, "last_sync", None), dict):  # where the phase goes (issue 23)
+            rollout.last_sync["weight_sync/export_seconds"] = exported
     comm.barrier()
 
 

@@ -101,8 +101,10 @@ class RolloutPool:
             sent, failed, nbytes = self._broadcast(state_or_ref, version, broadcast_workers)
             pending += sent
             store_workers = store_workers + failed
+        staged_seconds = 0.0
         if ipc_workers:
             packed, staged = weight_sync.to_cuda_ipc(state_or_ref, self._sender_device(state_or_ref))
+            staged_seconds = time.perf_counter() - t0
             nbytes = packed.nbytes
             pending += [(w, w.update_weights.remote(packed, version)) for w in ipc_workers]
         if store_workers:
@@ -118,6 +120,7 @@ class RolloutPool:
         seconds = time.perf_counter() - t0
         self.last_sync = {
             "weight_sync/seconds": seconds,
+            "weight_sync/stage_seconds": staged_seconds,
             "weight_sync/bytes": float(nbytes),
             "weight_sync/actors_cuda_ipc": float(len(ipc_workers)),
             "weight_sync/actors_object_store": float(len(store_workers)),

@@ -45,24 +45,57 @@ class Packed:
     transport: str
 
 
-def layout(state: dict[str, torch.Tensor]) -> tuple[list[Entry], int]:
-    """Offsets of every tensor in the flat buffer (aligned), and the buffer's size."""
+class PackedState(dict):
+    """A state dict whose tensors are views of one packed buffer (``entries``, ``buffer``), as ``pack`` lays it
+    out: the learner can export straight into it, and the transports then send the buffer without a copy."""
+
+    def __init__(self, entries: list[Entry], buffer: torch.Tensor):
+        super().__init__(unpack(entries, buffer))
+        self.entries, self.buffer = entries, buffer
+
+
+def layout_specs(specs: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> tuple[list[Entry], int]:
+    """Offsets of every (name, dtype, shape) in the flat buffer (aligned), and the buffer's size."""
     entries, offset = [], 0
-    for name, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        entries.append(Entry(name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset, nbytes))
+    for name, dtype, shape in specs:
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        entries.append(Entry(name, str(dtype).removeprefix("torch."), tuple(int(d) for d in shape), offset, nbytes))
         offset += -(-nbytes // ALIGN) * ALIGN
     return entries, offset
 
 
+def layout(state: dict[str, torch.Tensor]) -> tuple[list[Entry], int]:
+    """Offsets of every tensor in the flat buffer (aligned), and the buffer's size."""
+    return layout_specs([(name, t.dtype, tuple(t.shape)) for name, t in state.items()])
+
+
+def empty_packed(specs: list[tuple[str, torch.dtype, tuple[int, ...]]], device: torch.device | str) -> PackedState:
+    """An uninitialised ``PackedState`` for ``specs`` on ``device``: fill its views, then send it."""
+    entries, total = layout_specs(specs)
+    return PackedState(entries, torch.empty(total, dtype=torch.uint8, device=device))
+
+
 def pack(state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> tuple[list[Entry], torch.Tensor]:
-    """One ``uint8`` buffer on ``device`` holding every tensor's bytes (one copy per tensor)."""
+    """One ``uint8`` buffer on ``device`` holding every tensor's bytes (one copy per tensor; none, or one
+    bulk copy across devices, when ``state`` is already a ``PackedState``)."""
+    if isinstance(state, PackedState):
+        buffer = state.buffer
+        return state.entries, buffer if _same_device(buffer.device, torch.device(device)) else buffer.to(device)
     entries, total = layout(state)
     buffer = torch.empty(total, dtype=torch.uint8, device=device)
     for entry, tensor in zip(entries, state.values()):
         flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
         buffer[entry.offset : entry.offset + entry.nbytes].copy_(flat, non_blocking=True)
     return entries, buffer
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:<current>`` are one device (torch.device equality says they are not)."""
+    index = lambda d: d.index if d.index is not None or d.type != "cuda" else torch.cuda.current_device()  # noqa: E731
+    return a.type == b.type and index(a) == index(b)
 
 
 def unpack(entries: list[Entry], buffer: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -73,7 +106,9 @@ def unpack(entries: list[Entry], buffer: torch.Tensor) -> dict[str, torch.Tensor
 
 def to_object_store(state: dict[str, torch.Tensor]) -> Packed:
     """Pack on the CPU; the numpy buffer is what Ray stores out of band."""
-    entries, buffer = pack({k: v.cpu() for k, v in state.items()}, "cpu")
+    if not isinstance(state, PackedState):
+        state = {k: v.cpu() for k, v in state.items()}
+    entries, buffer = pack(state, "cpu")
     return Packed(entries, buffer.numpy(), buffer.numel(), "object_store")
 
 

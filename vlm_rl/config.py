@@ -118,16 +118,29 @@ class GRPOConfig(BaseConfig):
     """GRPO: rollouts from a Ray actor pool, DeepSpeed learners on Ray Train."""
 
     num_generations: int = Field(4, ge=2, description="completions per prompt (the GRPO group)")
-    prompts_per_step: int = Field(4, ge=1, description="prompts per optimizer step, over all learners")
+    prompts_per_step: int = Field(4, ge=1, description="prompts per GRPO step (one generation batch), over all "
+                                  "learners; trained on in num_iterations x steps_per_generation optimizer steps")
     num_steps: int = Field(20, ge=1)
-    beta: float = Field(0.04, ge=0, description="KL coefficient to the reference; 0 = no reference pass")
-    # The clip acts only where the old log-probs differ from the current policy's: one update per rollout
-    # on-policy (max_staleness=0) has ratio 1 everywhere, so epsilon/epsilon_high and clip_ratio matter in
-    # asynchronous mode (max_staleness > 0, with the truncated importance-sampling correction, tis_cap).
-    epsilon: float = Field(0.2, gt=0, lt=1, description="lower clip of the policy ratio (acts only off-policy: "
-                           "asynchronous mode, max_staleness > 0)")
+    beta: float = Field(0.04, ge=0, description="KL coefficient to the reference, a k3 term in the loss; 0 = no "
+                        "reference pass. Peers differ: TRL's default is 0; verl puts the KL in the loss "
+                        "(use_kl_loss) or in the reward (use_kl_in_reward)")
+    # Off-policy objective (decoupled PPO, docs/ARCHITECTURE.md "Off-policy objective"): the clip is centred on the
+    # proximal policy (the learner before this batch's first update), the sampler is corrected by IS (tis_*).
+    # Peers differ: TRL's AsyncGRPOTrainer clips against the sampler's log-probs, so its epsilon also acts with
+    # one update per batch; here staleness goes to the IS weight and the clip bounds the updates on one batch.
+    num_iterations: int = Field(1, ge=1, le=16, description="passes over each generation batch (PPO epochs; TRL "
+                                "num_iterations, verl ppo_epochs); every pass after the first trains on data the "
+                                "learner has moved away from, which is where the clip acts")
+    steps_per_generation: int = Field(1, ge=1, le=64, description="optimizer steps per pass: a rank's completions "
+                                      "are split into this many mini-batches (TRL steps_per_generation; verl: "
+                                      "train batch / ppo_mini_batch_size); the proximal log-probs of every "
+                                      "mini-batch are taken in one no-grad pass before the first update")
+    epsilon: float = Field(0.2, gt=0, lt=1, description="lower clip of the ratio pi/pi_prox (pi_prox: the learner "
+                           "before the batch's first update); acts only with several updates per batch "
+                           "(num_iterations > 1 or steps_per_generation > 1), in every rollout mode; with one "
+                           "update per batch the ratio is 1 and the clip never acts, on- or off-policy")
     epsilon_high: float | None = Field(None, gt=0, description="upper clip (DAPO clip-higher); None = epsilon; "
-                                       "acts only off-policy, as epsilon")
+                                       "acts when epsilon does")
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
     max_new_tokens: int = Field(96, ge=1)
@@ -144,8 +157,15 @@ class GRPOConfig(BaseConfig):
         "rank 0 (NCCL when every actor has a GPU of its own, else gloo), what full-weight runs across GPUs need")
     max_staleness: int = Field(0, ge=0, le=8, description="0 = on-policy (sample, then train); k > 0 = the "
                                "rollout pool samples up to k steps ahead of the learners (asynchronous GRPO)")
-    tis_cap: float = Field(2.0, ge=1.0, description="cap of the truncated importance-sampling weight "
-                           "min(pi_learner/pi_sampler, tis_cap) that corrects sampler/learner mismatch")
+    tis_cap: float = Field(2.0, ge=1.0, description="c of the importance-sampling correction of the sampler "
+                           "(pi_prox / pi_sampler, computed once per batch): the cap of the truncate modes, the "
+                           "band [1/c, c] outside which the mask modes drop a token or sequence; acts whenever the "
+                           "sampler's log-probs come with the rollouts, on-policy (precision/kernel mismatch) and "
+                           "asynchronous (staleness)")
+    tis_mode: Literal["token_truncate", "sequence_truncate", "token_mask", "sequence_mask"] = Field(
+        "token_truncate", description="importance-sampling variant (vlm_rl/algos/importance.py): token_truncate = "
+        "min(r_t, c) per token; sequence_truncate = min(prod r_t, c) per completion; token_mask / sequence_mask = "
+        "the ratio where it lies in [1/c, c], else 0 (TRL vllm_importance_sampling_mode; verl rollout_is/_rs)")
     rollout_batch_size: int = Field(64, ge=1, description="completions generated per forward batch")
     format_weight: float = Field(0.5, ge=0)
     eval_steps: int = Field(0, ge=0, description="evaluate every N steps; 0 = off")
@@ -173,6 +193,11 @@ class GRPOConfig(BaseConfig):
             raise ValueError(
                 f"prompts_per_step: {self.prompts_per_step} must be a multiple of num_learners={self.num_learners}"
             )
+        completions_per_rank = self.prompts_per_step // self.num_learners * self.num_generations
+        if completions_per_rank % self.steps_per_generation:
+            raise ValueError(f"steps_per_generation: {self.steps_per_generation} must divide the completions per "
+                             f"learner per step ({completions_per_rank} = prompts_per_step / num_learners x "
+                             "num_generations): each optimizer step takes an equal mini-batch")
         if self.max_staleness and self.rollout_mode != "pool":
             raise ValueError("max_staleness: asynchronous GRPO needs rollout_mode=pool (the colocated rollout "
                              "samples with the learner's own model, so it cannot run ahead of it)")

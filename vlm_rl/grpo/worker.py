@@ -53,7 +53,8 @@ def train_grpo_worker(cfg: dict) -> None:
     comm = Comm()
 
     model, processor, family = build_policy(config, device=_device())
-    per_rank = config.prompts_per_step // comm.world_size * config.num_generations
+    # completions per rank per optimizer step: steps_per_generation mini-batches of a rank's share (issue 25)
+    per_rank = config.prompts_per_step // comm.world_size * config.num_generations // config.steps_per_generation
     micro, accumulation = accumulation_steps(per_rank, cfg.get("micro_batch_size") or config.micro_batch_size)
     if config.rollout_mode == "colocated" and comm.world_size == 1:
         # One GPU: nothing to shard; plain AdamW keeps no persistent fp32 gradient buffers (peak memory).

@@ -7,12 +7,13 @@ import torch.distributed as dist
 
 from vlm_rl.algos.grpo_loss import engine_loss_scale, grpo_loss
 from vlm_rl.algos.importance import (
-    EXTREMA_KEYS,
+    MAX_KEYS,
+    MIN_KEYS,
     SUM_KEYS,
     add_stats,
     importance_metrics,
+    importance_weights,
     sampler_logprob_matrix,
-    truncated_is_weights,
 )
 from vlm_rl.config import BaseConfig, GRPOConfig
 from vlm_rl.learner.compiled_layers import CompiledLayers
@@ -146,14 +147,15 @@ class PolicyLearner:
         dist.all_reduce(t)
         return [int(v) for v in t.tolist()]
 
-    def _check_one_step(self, steps_before: int, micro: int) -> None:
+    def _check_steps(self, steps_before: int, micro: int, expected: int = 1) -> None:
         taken = int(self.engine.global_steps) - steps_before
-        if taken != 1:
-            raise RuntimeError(f"learner: {micro} micro-batches took {taken} optimizer steps, expected 1 "
+        if taken != expected:
+            raise RuntimeError(f"learner: {micro} micro-batches took {taken} optimizer steps, expected {expected} "
                                f"(engine accumulation {self.accumulation})")
 
     def grpo_step(self, items: list[PromptItem], completions: list[Completion], advantages: torch.Tensor) -> dict:
-        """One optimizer step over this rank's completions (``items[c.prompt_index]`` is each one's prompt)."""
+        """``num_iterations`` passes of ``steps_per_generation`` optimizer steps over this rank's completions
+        (``items[c.prompt_index]`` is each one's prompt): one optimizer step with the defaults."""
         self.take_reference()  # outside the compiled switch: the copy gets plain layers
         if self.advantage_scale != 1.0:
             advantages = advantages * self.advantage_scale
@@ -162,21 +164,36 @@ class PolicyLearner:
             return self._grpo_step(items, completions, advantages)
 
     def _grpo_step(self, items: list[PromptItem], completions: list[Completion], advantages: torch.Tensor) -> dict:
+        """Decoupled PPO (docs/ARCHITECTURE.md, "Off-policy objective"). The proximal log-probs (the centre of
+        the clip) are the learner's before the batch's first update, taken once: from the first pass's own
+        forward where no update has happened yet (every micro-batch of a single mini-batch, so one update per
+        batch costs nothing extra), else from one no-grad forward before the first update. The IS weights
+        against the sampler and the reference log-probs are computed once too, and reused by later passes."""
         config: GRPOConfig = self.config  # type: ignore[assignment]
         engine = self.engine
         engine.train()
-        local_tokens = sum(len(c.completion_ids) for c in completions)
-        # Every token / sequence weighs the same over the whole step, whatever rank or micro-batch holds it.
-        n_tokens_total, n_sequences_total = self._global_counts(local_tokens, len(completions))
+        passes, minis = config.num_iterations, config.steps_per_generation
+        if len(completions) < minis:
+            raise ValueError(f"steps_per_generation: {minis} mini-batches for {len(completions)} completions")
+        mini_slices = even_slices(len(completions), minis)
+        mini_tokens = [sum(len(c.completion_ids) for c in completions[m]) for m in mini_slices]
+        local_tokens = sum(mini_tokens)
+        # Every token / sequence weighs the same over each optimizer step, whatever rank or micro-batch holds it.
+        counts = self._global_counts(*mini_tokens, *(m.stop - m.start for m in mini_slices))
+        tokens_total, sequences_total = counts[:minis], counts[minis:]
         scale = engine_loss_scale(config.loss_type, self.world, self.accumulation)
-        sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
-        plan = self._plan(len(completions))
+        # each mini-batch: exactly `accumulation` micro-batches (one optimizer step), as absolute slices
+        plans = [[(slice(m.start + sl.start, m.start + sl.stop), live) for sl, live in self._plan(m.stop - m.start)]
+                 for m in mini_slices]
+        schedule = [(k, m, i, sl, live) for k in range(passes) for m in range(minis)
+                    for i, (sl, live) in enumerate(plans[m])]
         steps_before = int(engine.global_steps)
-        # Truncated IS (algos/importance.py) whenever the sampler's log-probs came along, on- or off-policy.
+        # IS against the sampler (algos/importance.py) whenever the sampler's log-probs came along, on- or off-policy.
         tis, tis_stats = has_sampler_logprobs(completions), None
 
         encoding = self._prefetch.take(tuple(items))  # every prompt of the step, encoded once (usually prefetched)
         pad_id = self.processor.tokenizer.pad_token_id
+        share = config.share_prompt_forward  # each group's prompt once (learner/shared_prompt.py)
 
         def inputs(sl: slice) -> dict:
             chunk = completions[sl]
@@ -184,69 +201,100 @@ class PolicyLearner:
                 encoding, [c.prompt_index for c in chunk], [c.completion_ids for c in chunk], pad_id,
                 share_images=True))
 
+        # Per micro-batch (mini-batch m, index i), computed once: proximal log-probs, IS weights, reference.
+        proximal: dict[tuple[int, int], torch.Tensor] = {}
+        weights: dict[tuple[int, int], torch.Tensor] = {}
+        references: dict[tuple[int, int], torch.Tensor | None] = {}
+        if minis > 1:  # mini-batches after the first are trained after an update: their pi_prox comes first
+            with torch.no_grad():
+                for m in range(1, minis):
+                    for i, (sl, _) in enumerate(plans[m]):
+                        proximal[m, i] = completion_logprobs(engine, inputs(sl), config.temperature,
+                                                             share_prompts=share)
+
         # Metrics stay on the device until the end: no host sync between micro-batches, so the CPU builds
         # the next micro-batch's inputs (image load, processor) while the GPU runs this one's backward.
-        pending: list[tuple[float, torch.Tensor, dict]] = []
-        share = config.share_prompt_forward  # each group's prompt once (learner/shared_prompt.py)
-        batch = inputs(plan[0][0])
-        for i, (sl, live) in enumerate(plan):
+        pending: list[tuple[int, float, torch.Tensor, dict]] = []
+        grad_norms: list = []
+        batch = inputs(schedule[0][3])
+        for j, (k, m, i, sl, live) in enumerate(schedule):
             mask = batch["completion_mask"].float()
             logp = completion_logprobs(engine, batch, config.temperature, share_prompts=share)
-            ref_logp = None
-            if config.beta > 0:
-                with torch.no_grad():
-                    if self.reference is not None:  # full fine-tuning: the frozen copy taken at GRPO start
-                        ref_logp = completion_logprobs(self.reference.module, batch, config.temperature,
-                                                       share_prompts=share)
-                    else:  # LoRA: the same network with the adapter off
-                        with reference_context(engine.module, self.lora):
-                            ref_logp = completion_logprobs(engine, batch, config.temperature,
-                                                           share_prompts=share)
-            adv = advantages[sl].to(self.device, dtype=logp.dtype)
-            if tis:  # weight min(pi_learner / pi_sampler, cap) per token, on the policy-gradient term only
+            key = (m, i)
+            if key not in proximal:  # first mini-batch of the first pass: no update yet, pi_prox = pi_theta
+                proximal[key] = logp.detach()
+            if key not in references:
+                references[key] = self._reference_logprobs(batch) if config.beta > 0 else None
+            if tis and key not in weights:  # the sampler's correction, against pi_prox: once per micro-batch
                 sampler_logp = sampler_logprob_matrix([c.sampling_logprobs for c in completions[sl]], logp.shape[1])
-                weights, stats = truncated_is_weights(logp, sampler_logp.to(self.device, logp.dtype), mask,
-                                                      config.tis_cap)
-                adv = adv[:, None] * weights  # [N, T] advantages: -min(r*A*w, clip(r)*A*w) = w * PG term (w>=0)
+                weights[key], stats = importance_weights(proximal[key], sampler_logp.to(self.device, logp.dtype),
+                                                         mask, config.tis_cap, config.tis_mode)
                 tis_stats = add_stats(tis_stats, stats) if live else tis_stats
             loss, metrics = grpo_loss(
-                logp, logp.detach(), ref_logp, adv, mask, beta=config.beta, eps_low=config.epsilon,
-                eps_high=config.clip_high, loss_type=config.loss_type,
-                max_completion_length=config.max_new_tokens, num_items_in_batch=n_tokens_total,
-                num_sequences_in_batch=n_sequences_total,
+                logp, proximal[key], references[key], advantages[sl].to(self.device, dtype=logp.dtype), mask,
+                beta=config.beta, eps_low=config.epsilon, eps_high=config.clip_high, loss_type=config.loss_type,
+                max_completion_length=config.max_new_tokens, num_items_in_batch=tokens_total[m],
+                num_sequences_in_batch=sequences_total[m], is_weights=weights.get(key),
             )
-            # The loss is this micro-batch's share of the step's; undo the engine's /accumulation and rank mean.
+            # The loss is this micro-batch's share of its mini-batch's; undo the engine's /accumulation and rank mean.
             engine.backward(loss * (scale if live else 0.0))
             tokens = sum(len(c.completion_ids) for c in completions[sl]) if live else 0  # no host sync
-            del logp, ref_logp, mask
-            if i + 1 < len(plan):
-                batch = inputs(plan[i + 1][0])
+            del logp, mask
+            if j + 1 < len(schedule):
+                batch = inputs(schedule[j + 1][3])
             engine.step()
+            if i == len(plans[m]) - 1:  # the optimizer step of this mini-batch
+                grad_norms.append(engine.get_global_grad_norm())
             if live:
-                pending.append((tokens / max(local_tokens, 1), loss.detach(), metrics))
-        self._check_one_step(steps_before, len(plan))
-        for weight, loss, metrics in pending:
-            # comm.mean averages ranks: this rank reports world x its share, so the mean is the step's loss.
-            sums["loss"] += float(loss) * scale / self.accumulation
-            sums["kl"] += float(metrics.get("kl", 0.0)) * weight
-            sums["clip_ratio"] += float(metrics.get("clip_ratio", 0.0)) * weight
-        sums["grad_norm"] = float(engine.get_global_grad_norm() or 0.0)
-        if tis:
-            sums.update(importance_metrics(self._global_tis_stats(tis_stats)))
+                pending.append((k, tokens / max(local_tokens, 1), loss.detach(), metrics))
+        self._check_steps(steps_before, len(schedule), passes * minis)
+        return self._step_metrics(pending, grad_norms, scale, passes, minis, tis_stats)
+
+    def _reference_logprobs(self, batch: dict) -> torch.Tensor:
+        """The KL reference's log-probs for a micro-batch (no grad): fixed over the step, so taken once."""
+        config: GRPOConfig = self.config  # type: ignore[assignment]
+        share = config.share_prompt_forward
+        with torch.no_grad():
+            if self.reference is not None:  # full fine-tuning: the frozen copy taken at GRPO start
+                return completion_logprobs(self.reference.module, batch, config.temperature, share_prompts=share)
+            with reference_context(self.engine.module, self.lora):  # LoRA: the same network with the adapter off
+                return completion_logprobs(self.engine, batch, config.temperature, share_prompts=share)
+
+    def _step_metrics(self, pending, grad_norms, scale: float, passes: int, minis: int, tis_stats) -> dict:
+        """Means over the step's updates: ``loss`` (each optimizer step's loss), ``kl``, ``clip_ratio`` (and
+        ``/low``, ``/high``; token-weighted), ``grad_norm``; ``clip_ratio/pass_k`` for each pass when there are
+        several; the IS metrics of ``tis_mode``."""
+        config: GRPOConfig = self.config  # type: ignore[assignment]
+        sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0, "clip_ratio/low": 0.0, "clip_ratio/high": 0.0}
+        per_pass = [0.0] * passes
+        for k, weight, loss, metrics in pending:
+            # comm.mean averages ranks: this rank reports world x its share, so the mean is the update's loss.
+            sums["loss"] += float(loss) * scale / self.accumulation / (passes * minis)
+            sums["kl"] += float(metrics.get("kl", 0.0)) * weight / passes
+            for name in ("clip_ratio", "clip_ratio/low", "clip_ratio/high"):
+                sums[name] += float(metrics[name]) * weight / passes
+            per_pass[k] += float(metrics["clip_ratio"]) * weight
+        if passes > 1:
+            sums.update({f"clip_ratio/pass_{k + 1}": v for k, v in enumerate(per_pass)})
+        sums["grad_norm"] = sum(float(g or 0.0) for g in grad_norms) / max(len(grad_norms), 1)
+        if tis_stats is not None:
+            sums.update(importance_metrics(self._global_tis_stats(tis_stats), config.tis_mode))
         return sums
 
     def _global_tis_stats(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
         """The step's IS statistics over every rank (sums added, extrema kept): each rank reports the same
         values, so the loop's mean over ranks leaves them as they are."""
         sums = torch.stack([stats[k].double() for k in SUM_KEYS])
-        extrema = torch.stack([stats["ratio_max"].double(), -stats["ratio_min"].double()])
+        extrema = torch.stack([stats[k].double() for k in MAX_KEYS] + [-stats[k].double() for k in MIN_KEYS])
         if self.world > 1 and dist.is_initialized():
             device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
             sums, extrema = sums.to(device), extrema.to(device)
             dist.all_reduce(sums)
             dist.all_reduce(extrema, op=dist.ReduceOp.MAX)
         out = dict(zip(SUM_KEYS, sums.tolist()))
-        out.update(zip(EXTREMA_KEYS, (extrema[0].item(), -extrema[1].item())))
+        values = extrema.tolist()
+        out.update(zip(MAX_KEYS, values[: len(MAX_KEYS)]))
+        out.update(zip(MIN_KEYS, (-v for v in values[len(MAX_KEYS):])))
         return out
 
     def sft_step(self, items: list[PromptItem], target_ids: list[list[int]]) -> dict:
@@ -270,7 +318,7 @@ class PolicyLearner:
             engine.backward(loss * (self.world * self.accumulation if live else 0.0))
             engine.step()
             loss_sum += float(loss.detach()) * self.world if live else 0.0
-        self._check_one_step(steps_before, len(plan))
+        self._check_steps(steps_before, len(plan))
         return {"sft_loss": loss_sum, "grad_norm": float(engine.get_global_grad_norm() or 0.0)}
 
     def reset_optimizer(self) -> int:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from vlm_rl.commands._common import load_config_with_hints, normalise_tokens
 from vlm_rl.config import ConfigError
+from vlm_rl.learner.run_end import FatalRunError
 from vlm_rl.tracking.ui_links import browse_lines
 
 
@@ -31,6 +32,9 @@ def run_entry(name: str, config_cls, run: Callable, argv: list[str] | None, *,
     except ConfigError as exc:
         print(f"ray_jobs.{name}: {exc}", file=sys.stderr)
         return 2
+    except FatalRunError as exc:  # a full disk, a failed final export: the reason, no traceback, no restart loop
+        print(f"ray_jobs.{name}: the run failed: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
     print("\n".join(browse_lines(config.resolved_tracking_uri, summary.get("run_id"))))
     return 0

@@ -14,6 +14,7 @@ import sys
 from vlm_rl.commands import COMMANDS
 from vlm_rl.commands._common import normalise_tokens
 from vlm_rl.config import ConfigError
+from vlm_rl.learner.run_end import FatalRunError
 
 EPILOG = """pipeline: vlm-rl sft -> vlm-rl grpo -> vlm-rl eval -> vlm-rl dpo-data -> vlm-rl dpo
 on a Ray cluster: ray job submit ... -- python -m ray_jobs.grpo --config RECIPE.yaml (see cluster/README.md)
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vlm-rl: {exc}", file=sys.stderr)
         return 2
+    except FatalRunError as exc:  # a full disk, a failed final export: the reason, no traceback
+        print(f"vlm-rl: the run failed: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -82,6 +82,9 @@ class BaseConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     resume: str | None = Field(None, description="'auto' (latest in output_dir) or a checkpoint path")
     max_failures: int = Field(2, ge=0, description="learner restarts (from the last checkpoint) before giving up")
+    disk_check: bool = Field(True, description="compare the checkpoints' estimated size with the free space at "
+                             "output_dir before the run and before each checkpoint; false for a filesystem "
+                             "that misreports its free space")
     micro_batch_size: int = Field(0, ge=0, description="sequences per forward/backward; 0 = a rank's whole batch")
     compile_layers: bool = Field(False, description="torch.compile each decoder layer for the learner's "
                                  "forward/backward (GPU: fuses the elementwise work; the first step compiles)")

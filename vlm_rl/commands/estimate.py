@@ -75,6 +75,33 @@ def render(result: Estimate, samples: int, console: Console) -> None:
         console.print(f"  [dim]- {line}[/dim]")
 
 
+def checkpoint_disk(config: GRPOConfig) -> dict:
+    """One checkpoint's size, how many are on disk at once, and the free space at output_dir
+    (vlm_rl.learner.disk: what the run itself checks before it starts)."""
+    from vlm_rl.learner.disk import GB, checkpoint_size, checkpoints_written, free_bytes, run_need
+
+    size = checkpoint_size(config)
+    count = checkpoints_written(config)
+    return {**size.to_dict(), "checkpoints_on_disk": count, "disk_need_gb": run_need(size, count) / GB,
+            "free_gb": free_bytes(config.output_dir) / GB, "output_dir": str(Path(config.output_dir).resolve())}
+
+
+def render_disk(disk: dict, console: Console) -> None:
+    table = Table(title="checkpoints on disk")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("checkpoint size", f"{disk['checkpoint_gb']:.2f} GB")
+    table.add_row("  weights + optimizer state", f"{disk['optimizer_and_weights_gb']:.2f} GB")
+    table.add_row("  exported weights", f"{disk['export_gb']:.2f} GB")
+    if disk["reference_gb"]:
+        table.add_row("KL reference (once)", f"{disk['reference_gb']:.2f} GB")
+    table.add_row("checkpoints on disk at once", str(disk["checkpoints_on_disk"]))
+    fit = "[green]fits[/green]" if disk["disk_need_gb"] <= disk["free_gb"] else "[red]does NOT fit[/red]"
+    table.add_row("disk needed", f"{disk['disk_need_gb']:.2f} GB ({fit})")
+    table.add_row(f"free at {disk['output_dir']}", f"{disk['free_gb']:.1f} GB")
+    console.print(table)
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console()
     config = config_from_args(GRPOConfig, args)
@@ -89,8 +116,10 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]vlm-rl estimate: {exc}[/red]")
         return 2
     render(result, args.samples, console)
+    disk = checkpoint_disk(config)
+    render_disk(disk, console)
     if args.output:
-        payload = {**result.to_dict(), "samples": args.samples, "calibration": measured or None}
+        payload = {**result.to_dict(), "samples": args.samples, "calibration": measured or None, "checkpoint": disk}
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(payload, indent=2))
         console.print(f"wrote {args.output}")

@@ -8,7 +8,6 @@ Without ``pairs`` it makes synthetic ones (ground truth vs a wrong answer) from 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vlm_rl.config import ConfigError, DPOConfig
@@ -76,5 +75,8 @@ def run_dpo(config: DPOConfig, *, parent_run_id: str | None = None, run_name: st
          "eval_max_new_tokens": eval_max_new_tokens},
         config, "dpo", storage_path,
     )
+    from vlm_rl.learner.run_end import clear_run_end, raise_if_failed
+
+    clear_run_end(config.output_dir)
     trainer.fit()
-    return json.loads((Path(config.output_dir) / "summary.json").read_text())
+    return raise_if_failed(config.output_dir)  # a full disk or failed export: FatalRunError, no restart loop

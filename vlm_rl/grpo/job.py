@@ -5,13 +5,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from vlm_rl.config import ConfigError, GRPOConfig
 from vlm_rl.data.schema import DatasetError, load_jsonl
 from vlm_rl.learner.checkpoint import resolve_resume
 from vlm_rl.learner.job_common import connect_ray, make_torch_trainer, prepare_output_and_data
+from vlm_rl.learner.run_end import clear_run_end, raise_if_failed
 
 
 def prepare_run(config: GRPOConfig) -> tuple[GRPOConfig, list[str]]:
@@ -71,10 +69,10 @@ def run_grpo(config: GRPOConfig, *, parent_run_id: str | None = None, run_name: 
         },
         config, "grpo", storage_path,
     )
+    clear_run_end(config.output_dir)
     try:
         trainer.fit()
     finally:
         if own_pool:
             pool.shutdown()
-    summary_file = Path(config.output_dir) / "summary.json"
-    return json.loads(summary_file.read_text())
+    return raise_if_failed(config.output_dir)  # a full disk or failed export: FatalRunError, no restart loop

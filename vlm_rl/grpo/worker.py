@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,12 +10,23 @@ import torch
 from vlm_rl.config import GRPOConfig
 from vlm_rl.data.schema import load_jsonl
 from vlm_rl.grpo.loop import LoopSinks, LoopState, grpo_train, state_dict
-from vlm_rl.learner.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from vlm_rl.learner.checkpoint import (
+    REFERENCE_FILE,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
 from vlm_rl.learner.comm import Comm
+from vlm_rl.learner.disk import checkpoint_size, saves_reference
 from vlm_rl.learner.engine import build_engine
 from vlm_rl.learner.policy import build_policy
 from vlm_rl.learner.policy_learner import PolicyLearner, accumulation_steps
-from vlm_rl.learner.reference import needs_frozen_reference
+from vlm_rl.learner.reference import (
+    freeze_reference,
+    load_reference_state,
+    reference_state,
+)
+from vlm_rl.learner.run_end import SUMMARY_FILE, FatalRunError, FinalExportError, end_fatal, write_json
 from vlm_rl.learner.sampler import PromptSampler
 from vlm_rl.sft.targets import SFTTargets
 
@@ -79,13 +89,23 @@ def train_grpo_worker(cfg: dict) -> None:
     state = LoopState()
     resume = config.resume or ("auto" if cfg.get("auto_resume", True) else None)
     checkpoint = resolve_resume(resume, output_dir)
+    # The KL reference after an SFT warm-up is the policy GRPO started from: checkpoints carry it
+    # (reference.safetensors, written once, hard-linked into later ones) and a resume loads it.
+    saved_reference: dict[str, Path | None] = {"file": None}
     if checkpoint is not None:
         saved = load_checkpoint(engine, checkpoint)
         state = LoopState(**saved["loop"])
-        if learner.reference is None and config.sft_warmup_steps and state.sft_steps >= config.sft_warmup_steps \
-                and needs_frozen_reference(config) and comm.rank == 0:
-            print("[vlm-rl] resumed after the SFT warm-up: the KL reference is frozen from the resumed weights, "
-                  "not from the policy at GRPO start", flush=True)
+        if learner.reference is None and saves_reference(config) and state.sft_steps >= config.sft_warmup_steps:
+            if comm.broadcast((checkpoint / REFERENCE_FILE).is_file()):
+                from safetensors.torch import load_file
+
+                learner.reference = freeze_reference(engine, config)  # the structure; then the saved weights
+                mine = comm.rank == 0 or learner.reference.kind != "zero3-sharded"
+                load_reference_state(learner.reference, load_file(str(checkpoint / REFERENCE_FILE)) if mine else None)
+                saved_reference["file"] = checkpoint / REFERENCE_FILE
+            elif comm.rank == 0:
+                print(f"[vlm-rl] {checkpoint} has no {REFERENCE_FILE} (written by an older version): the KL "
+                      "reference is frozen from the resumed weights, not from the policy at GRPO start", flush=True)
 
     sinks = LoopSinks()
     run_sinks = None
@@ -95,28 +115,51 @@ def train_grpo_worker(cfg: dict) -> None:
         run_sinks = RunSinks(config, cfg, family, rollout, resumed_run_id=(saved["run_id"] if checkpoint else None))
         sinks = run_sinks.loop_sinks()
 
+    size = None
+    if comm.rank == 0 and config.disk_check:
+        try:
+            size = checkpoint_size(config)
+        except (ValueError, OSError) as exc:
+            print(f"[vlm-rl] checkpoint size unknown, the disk check uses the last checkpoint's: {exc}", flush=True)
+
     def save(loop_state: LoopState) -> None:
         weights = learner.export_weights()
+        keep_reference = saves_reference(config) and learner.reference is not None
+        linked = saved_reference["file"]
         payload = {"loop": state_dict(loop_state), "config": config.model_dump(mode="json"),
-                   "run_id": run_sinks.run_id if run_sinks else None}
+                   "run_id": run_sinks.run_id if run_sinks else None,
+                   "link_reference": str(linked) if keep_reference and linked and linked.is_file() else None}
         payload = comm.broadcast(payload)
+        link = payload.pop("link_reference")
+        reference = reference_state(learner.reference) if keep_reference and link is None else None
+        expected = size.per_checkpoint + (size.reference if keep_reference and link is None else 0) if size else None
         path = save_checkpoint(engine, output_dir, loop_state.samples, payload, weights,
-                               adapter_config=learner.adapter_config(), keep=config.keep_checkpoints)
+                               adapter_config=learner.adapter_config(), keep=config.keep_checkpoints,
+                               expected_bytes=expected, reference=reference, reference_from=link,
+                               disk_check=config.disk_check)
+        if keep_reference:
+            saved_reference["file"] = path / REFERENCE_FILE
         if run_sinks:
             run_sinks.on_checkpoint(path, loop_state)
 
     sinks.checkpoint = save
     sft = SFTTargets(processor, family, config.max_image_size) if config.sft_warmup_steps else None
+    summary: dict = {}
     try:
         final = grpo_train(config, learner=learner, rollout=rollout, sampler=sampler, comm=comm, state=state,
                            sinks=sinks, sft_targets=sft)
+        if comm.rank == 0:
+            try:  # trained to the end: a failure now is not worth a restart (it would only fail again)
+                summary = run_sinks.finish(final)
+                write_json(output_dir / SUMMARY_FILE, summary)
+            except Exception as exc:  # noqa: BLE001
+                raise FinalExportError(f"training finished and its last checkpoint is {run_sinks.last_checkpoint}, "
+                                       f"but the summary could not be written: {type(exc).__name__}: {exc}") from exc
+    except FatalRunError as exc:  # a full disk, a failed export: no Ray Train restart (vlm_rl.learner.run_end)
+        end_fatal(exc, output_dir, comm.rank, (lambda: run_sinks.finish(status="FAILED")) if run_sinks else None)
+        return
     except BaseException:
         if run_sinks:
             run_sinks.finish(status="FAILED")
         raise
-    if comm.rank == 0:
-        summary = run_sinks.finish(final)
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    else:
-        ray.train.report({})
+    ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})

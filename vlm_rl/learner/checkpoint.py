@@ -8,12 +8,26 @@ Layout::
       adapter_config.json                              under LoRA
       trainer_state.json                               step, samples, data cursor, weights version, run id, config
       rng/rank{r}.safetensors                          torch RNG state per learner rank
-      deepspeed/                                       DeepSpeed engine + ZeRO optimizer shards
+      deepspeed/                                       DeepSpeed engine + ZeRO optimizer shards (trainable
+                                                       weights only: a LoRA checkpoint holds no base model)
+      reference.safetensors                            the frozen KL reference, when it is not the base model
+                                                       (full fine-tuning after an SFT warm-up); hard-linked
+                                                       from the previous checkpoint, so written once
+
+A checkpoint is complete (a resume point) only when its folder has the final name, its state file, and
+every file the state file's manifest lists, at the recorded size. It is written under ``<name>.tmp``;
+an existing folder of the same name is first renamed aside (``.old``), rotation renames before it deletes
+(``.deleting``): a crash at any point leaves either the complete new checkpoint or none of that name.
+
+Every failure inside ``save_checkpoint`` is agreed on by all ranks and raised on each as a
+:class:`CheckpointError` (the free space and the checkpoint's size in the message): no rank waits at a
+barrier for one that failed, and the worker ends the run without a Ray Train restart (``FatalRunError``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -23,8 +37,18 @@ import torch.distributed as dist
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from safetensors.torch import load_file, save_file
 
+from vlm_rl.learner.run_end import FatalRunError
+
 PATTERN = re.compile(r"^checkpoint-samples-(\d+)$")
+#: Folders a save leaves only when it was interrupted: never resume points, removed by the next save.
+LEFTOVER = re.compile(r"^checkpoint-samples-\d+\.(tmp|old|deleting)$")
 STATE_FILE = "trainer_state.json"
+REFERENCE_FILE = "reference.safetensors"
+MANIFEST_KEY = "files"
+
+
+class CheckpointError(FatalRunError):
+    """A checkpoint could not be written; raised on every learner rank alike."""
 
 
 def _safe_globals() -> list:
@@ -75,8 +99,25 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := PATTERN.match(p.name)) and (p / STATE_FILE).is_file()]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := PATTERN.match(p.name)) and is_complete(p)]
     return [p for _, p in sorted(found)]
+
+
+def is_complete(path: str | Path) -> bool:
+    """The state file is there and readable, and every file of its manifest has the size it was written with
+    (checkpoints written before the manifest existed: the state file alone)."""
+    path = Path(path)
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    for name, size in (state.get(MANIFEST_KEY) or {}).items():
+        try:
+            if (path / name).stat().st_size != size:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
@@ -89,6 +130,8 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"resume: {path} is not a complete checkpoint (no {STATE_FILE})")
+    if not is_complete(path):
+        raise FileNotFoundError(f"resume: {path} is not a complete checkpoint (files missing or cut short)")
     return path
 
 
@@ -96,49 +139,169 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+def agree(error: str | None) -> str | None:
+    """Collective: the first failing rank's error, on every rank (None when all succeeded)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return error
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, error)
+    return next((e for e in gathered if e), None)
+
+
+def _is_deepspeed(engine) -> bool:
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    return isinstance(engine, DeepSpeedEngine)
+
+
+def _failure(name: str, exc: BaseException, root: Path, expected: float | None) -> str:
+    from vlm_rl.learner.disk import GB, free_bytes, need_message
+
+    free = free_bytes(root)
+    reason = f"{type(exc).__name__}: {exc}".strip()
+    if expected:
+        return f"{name} could not be written ({reason}); {need_message(expected, free, root)}"
+    return (f"{name} could not be written ({reason}); {free / GB:.1f} GB are free at {root}: if the disk is "
+            "full, lower keep_checkpoints, save LoRA only (lora_r > 0), or free space")
+
+
+def _space_problem(name: str, root: Path, expected: float | None) -> str | None:
+    from vlm_rl.learner.disk import free_bytes, need_message, with_margin
+
+    if not expected:
+        return None
+    need, free = with_margin(expected), free_bytes(root)
+    return f"{name}: {need_message(need, free, root)}" if need > free else None
+
+
+def _manifest(folder: Path) -> dict[str, int]:
+    return {str(f.relative_to(folder)): f.stat().st_size for f in sorted(folder.rglob("*"))
+            if f.is_file() and f.name != STATE_FILE}
+
+
+def _remove(path: Path) -> None:
+    """Rename out of the checkpoint namespace first, then delete: a crash mid-delete leaves no resume point."""
+    if not path.exists():
+        return
+    aside = path.with_name(path.name + ".deleting")
+    shutil.rmtree(aside, ignore_errors=True)
+    path.rename(aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """``tmp`` becomes ``final``; an existing ``final`` (a re-done step after a restart) is renamed aside first."""
+    aside = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        final.rename(aside)
+    tmp.rename(final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # no second copy on disk; survives the rotation of src's checkpoint
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def save_checkpoint(engine, output_dir: str | Path, samples: int, state: dict, weights: dict | None,
-                    adapter_config=None, keep: int = 2) -> Path:
-    """Collective: every learner rank calls it. ``weights`` is the rank-0 export (None elsewhere)."""
-    final = Path(output_dir) / checkpoint_name(samples)
+                    adapter_config=None, keep: int = 2, *, expected_bytes: float | None = None,
+                    reference: dict | None = None, reference_from: str | Path | None = None,
+                    disk_check: bool = True) -> Path:
+    """Collective: every learner rank calls it. ``weights`` is the rank-0 export (None elsewhere).
+
+    ``expected_bytes``: the checkpoint's estimated size (vlm_rl.learner.disk), compared with the free space
+    before anything is written (``disk_check``). ``reference`` (rank 0's tensors) or ``reference_from`` (the
+    previous checkpoint's file, hard-linked) adds ``reference.safetensors``. Raises :class:`CheckpointError`
+    on every rank when any rank fails; the half-written ``.tmp`` folder is then removed.
+    """
+    root = Path(output_dir)
+    final = root / checkpoint_name(samples)
     tmp = final.with_name(final.name + ".tmp")
     rank = _rank()
+    previous = list_checkpoints(root)[-1:] if rank == 0 else []
+    if not expected_bytes and previous:  # the last checkpoint measures the next one best
+        from vlm_rl.learner.disk import directory_bytes
+
+        linked = previous[0] / REFERENCE_FILE
+        expected_bytes = float(directory_bytes(previous[0]) - (linked.stat().st_size if reference_from is not None
+                                                               and linked.is_file() else 0))
+
+    def check(error: str | None) -> None:
+        error = agree(error)
+        if error:
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)  # give the space back
+            raise CheckpointError(error)
+
+    error = None
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
-    (tmp / "rng").mkdir(exist_ok=True)
-    save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng" / f"rank{rank}.safetensors"))
-    _barrier()
+        try:
+            if tmp.is_dir():  # an earlier, interrupted attempt
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+            error = _space_problem(final.name, root, expected_bytes) if disk_check else None
+        except Exception as exc:  # noqa: BLE001 - whatever it is, every rank must hear of it
+            error = _failure(final.name, exc, root, expected_bytes)
+    check(error)
+
+    error = None
+    try:
+        if _is_deepspeed(engine):  # frozen weights come from model_path on resume: a LoRA checkpoint holds no base
+            engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False,
+                                   exclude_frozen_parameters=True)
+        else:
+            engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
+        (tmp / "rng").mkdir(exist_ok=True)
+        save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng" / f"rank{rank}.safetensors"))
+    except Exception as exc:  # noqa: BLE001 - e.g. torch.save's "iostream error" on a full disk
+        error = _failure(final.name, exc, root, expected_bytes)
+    check(error)
+
+    error = None
     if rank == 0:
-        if weights is not None:
-            name = "adapter_model.safetensors" if adapter_config is not None else "model.safetensors"
-            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / name))
-        if adapter_config is not None:
-            adapter_config.save_pretrained(str(tmp))
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True, default=str))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+        try:
+            if weights is not None:
+                name = "adapter_model.safetensors" if adapter_config is not None else "model.safetensors"
+                save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / name))
+            if adapter_config is not None:
+                adapter_config.save_pretrained(str(tmp))
+            if reference_from is not None:
+                _link_or_copy(Path(reference_from), tmp / REFERENCE_FILE)
+            elif reference is not None:
+                save_file({k: v.contiguous() for k, v in reference.items()}, str(tmp / REFERENCE_FILE))
+            full = {**state, MANIFEST_KEY: _manifest(tmp), "frozen_excluded": _is_deepspeed(engine)}
+            (tmp / STATE_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+            _publish(tmp, final)
+        except Exception as exc:  # noqa: BLE001
+            error = _failure(final.name, exc, root, expected_bytes)
+    check(error)
+    if rank == 0:  # the new checkpoint is complete: rotation and leftovers may fail without failing the run
+        try:
+            for old in list_checkpoints(root)[:-keep]:
+                _remove(old)
+            for leftover in root.iterdir():
+                if LEFTOVER.match(leftover.name):
+                    shutil.rmtree(leftover, ignore_errors=True)
+        except OSError as exc:
+            print(f"[vlm-rl] could not remove an old checkpoint in {root}: {exc}", flush=True)
+    agree(None)  # nobody reads the folder before rank 0 has renamed it
     return final
 
 
 def load_checkpoint(engine, path: str | Path) -> dict:
     """Collective: restore engine, optimizer and RNG; return the trainer state."""
     path = Path(path)
+    saved = json.loads((path / STATE_FILE).read_text())
+    kwargs = {"load_module_strict": False} if saved.get("frozen_excluded") and _is_deepspeed(engine) else {}
     engine.load_checkpoint(str(path / "deepspeed"), tag="state", load_optimizer_states=True,
-                           load_lr_scheduler_states=True)
+                           load_lr_scheduler_states=True, **kwargs)
     rng = path / "rng" / f"rank{_rank()}.safetensors"
     if rng.is_file():
         torch.set_rng_state(load_file(str(rng))["cpu"])
-    return json.loads((path / STATE_FILE).read_text())
+    return saved
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -20,7 +20,8 @@ CONTROLLER_FAILURE_LIMIT = 10
 
 def prepare_output_and_data(config: C, *, synthetic: bool = True) -> C:
     """Absolute output_dir (refusing to overwrite another run's checkpoints), the synthetic dataset when
-    ``train_data`` is None (and ``synthetic``), and a resolved local model path (tiny models built here)."""
+    ``train_data`` is None (and ``synthetic``), a resolved local model path (tiny models built here), and
+    room on the disk for the run's checkpoints (vlm_rl.learner.disk)."""
     output_dir = Path(config.output_dir).resolve()
     if not config.resume and list_checkpoints(output_dir):
         raise ConfigError(
@@ -40,7 +41,11 @@ def prepare_output_and_data(config: C, *, synthetic: bool = True) -> C:
         if config.val_data is None:
             updates["val_data"] = str(val)
     updates["model_path"] = str(resolve_model_path(config.model_path))
-    return config.model_copy(update=updates)
+    config = config.model_copy(update=updates)
+    from vlm_rl.learner.disk import ensure_disk_space
+
+    ensure_disk_space(config)  # checkpoints x keep_checkpoints (+ exports) vs free space: exit 2 before Ray
+    return config
 
 
 def make_torch_trainer(worker, loop_config: dict, config: BaseConfig, name: str, storage_path: str | None = None):

@@ -101,3 +101,46 @@ def _zero3_copy(policy, config: BaseConfig):
     engine, *_ = deepspeed.initialize(model=ref, config=ds_config)
     engine.eval()
     return engine
+
+
+def _reference_model(ref: FrozenReference):
+    return ref.module.module if ref.kind == "zero3-sharded" else ref.module
+
+
+def reference_state(ref: FrozenReference) -> dict[str, torch.Tensor] | None:
+    """The reference's weights on rank 0 (CPU), None elsewhere; collective under ZeRO-3 (one parameter
+    gathered at a time). Saved with the first GRPO checkpoint, so a resume measures KL to the same weights."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    out: dict[str, torch.Tensor] = {}
+    for name, p in _reference_model(ref).named_parameters():
+        if ref.kind == "zero3-sharded":
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p]):
+                if rank == 0:
+                    out[name] = p.data.detach().to("cpu", copy=True)
+        elif rank == 0:
+            out[name] = p.detach().to("cpu", copy=True)
+    return out if rank == 0 else None
+
+
+def load_reference_state(ref: FrozenReference, state: dict[str, torch.Tensor] | None) -> None:
+    """Overwrite the reference's weights with ``state`` (what ``reference_state`` saved). Under ZeRO-3 only
+    rank 0's ``state`` is read (collective); a frozen copy needs it on every rank."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    params = list(_reference_model(ref).named_parameters())
+    if state is not None:
+        names = {n for n, _ in params}
+        if names != set(state):
+            raise ValueError(f"reference: saved weights do not fit the model: only saved {sorted(set(state) - names)[:3]}, "
+                             f"only in the model {sorted(names - set(state))[:3]}")
+    with torch.no_grad():
+        for name, p in params:
+            if ref.kind == "zero3-sharded":
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                    if rank == 0:
+                        p.data.copy_(state[name])
+            else:
+                p.copy_(state[name])

@@ -7,20 +7,22 @@ checkpoints, the merged ``final/`` export, an optional evaluation, the summary.
 from __future__ import annotations
 
 import copy
-import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from vlm_rl.config import BaseConfig
-from vlm_rl.learner.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from vlm_rl.learner.checkpoint import agree, load_checkpoint, resolve_resume, save_checkpoint
 from vlm_rl.learner.comm import Comm
+from vlm_rl.learner.disk import checkpoint_size
 from vlm_rl.learner.engine import build_engine
 from vlm_rl.learner.job_common import worker_device
 from vlm_rl.learner.policy import build_policy
 from vlm_rl.learner.policy_learner import PolicyLearner, accumulation_steps
+from vlm_rl.learner.run_end import SUMMARY_FILE, FatalRunError, FinalExportError, end_fatal, write_json
 from vlm_rl.learner.supervised_loop import TrainSinks, TrainState, state_dict, supervised_train
 
 FINAL_DIR = "final"
@@ -44,15 +46,26 @@ def make_learner(config: BaseConfig, labels: list[str] | None, per_rank: int,
 
 
 def export_final(learner: PolicyLearner, config: BaseConfig, comm: Comm) -> str | None:
-    """Collective: gather the trained weights, then rank 0 writes base + weights merged to ``final/``."""
+    """Collective: gather the trained weights, then rank 0 writes base + weights merged to ``final/``.
+    A failed write raises :class:`FinalExportError` on every rank (no rank left at a barrier)."""
     weights = learner.export_weights()
-    path = None
+    path, error = None, None
     if comm.rank == 0:
         from vlm_rl.learner.export import write_merged_model
 
-        adapter = copy.deepcopy(learner.adapter_config())
-        path = str(write_merged_model(config.model_path, weights, Path(config.output_dir) / FINAL_DIR, adapter))
-    comm.barrier()
+        out = Path(config.output_dir) / FINAL_DIR
+        try:
+            adapter = copy.deepcopy(learner.adapter_config())
+            path = str(write_merged_model(config.model_path, weights, out, adapter))
+        except Exception as exc:  # noqa: BLE001 - every rank must hear of it
+            from vlm_rl.learner.disk import GB, free_bytes
+
+            shutil.rmtree(out.with_name(out.name + ".tmp"), ignore_errors=True)
+            error = (f"the final export to {out} failed ({type(exc).__name__}: {exc}); {free_bytes(out.parent) / GB:.1f} "
+                     f"GB are free at {out.parent}; the last checkpoint is intact")
+    error = agree(error)
+    if error:
+        raise FinalExportError(error)
     return path
 
 
@@ -109,19 +122,28 @@ def run_supervised_worker(
                                run_name=cfg.get("run_name"), parent_run_id=cfg.get("parent_run_id"),
                                resumed_run_id=run_id, num_steps=num_steps)
 
+    size = None
+    if comm.rank == 0 and config.disk_check:
+        try:
+            size = checkpoint_size(config)
+        except (ValueError, OSError) as exc:
+            print(f"[vlm-rl] checkpoint size unknown, the disk check uses the last checkpoint's: {exc}", flush=True)
+
     def save(s: TrainState) -> None:
         weights = learner.export_weights()  # collective under ZeRO-3
         payload = comm.broadcast({"train": state_dict(s), "algorithm": algorithm,
                                   "config": config.model_dump(mode="json"),
                                   "run_id": recorder.run_id if recorder else None})
         path = save_checkpoint(learner.engine, output_dir, s.samples, payload, weights,
-                               adapter_config=learner.adapter_config(), keep=config.keep_checkpoints)
+                               adapter_config=learner.adapter_config(), keep=config.keep_checkpoints,
+                               expected_bytes=size.per_checkpoint if size else None, disk_check=config.disk_check)
         if recorder:
             recorder.on_checkpoint(path)
 
     sinks = TrainSinks(checkpoint=save)
     if recorder:
         sinks.log_metrics, sinks.progress = recorder.log_metrics, recorder.progress
+    summary: dict = {}
     try:
         state = supervised_train(
             step_fn, sampler=sampler, batch_size=cfg["batch_size"], num_steps=num_steps,
@@ -129,13 +151,18 @@ def run_supervised_worker(
             lr=lambda: learner.engine.get_lr()[0], comm=comm, state=state, sinks=sinks,
         )
         final_dir = export_final(learner, config, comm)
+        if recorder:
+            try:  # trained and exported: a failure now is not worth a restart (it would only fail again)
+                summary = recorder.finish(state, final_dir, evaluate_final(final_dir, config, cfg))
+                write_json(output_dir / SUMMARY_FILE, summary)
+            except Exception as exc:  # noqa: BLE001
+                raise FinalExportError(f"training finished and {final_dir} is written, but the summary could not "
+                                       f"be: {type(exc).__name__}: {exc}") from exc
+    except FatalRunError as exc:  # a full disk, a failed export: no Ray Train restart (vlm_rl.learner.run_end)
+        end_fatal(exc, output_dir, comm.rank, recorder.fail if recorder else None)
+        return
     except BaseException:
         if recorder:
             recorder.fail()
         raise
-    if recorder:
-        summary = recorder.finish(state, final_dir, evaluate_final(final_dir, config, cfg))
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    else:
-        ray.train.report({})
+    ray.train.report({k: v for k, v in summary.items() if isinstance(v, (int, float))})

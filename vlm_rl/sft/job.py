@@ -8,9 +8,6 @@ starts from ``<output_dir>/final`` (merged) or loads the adapter of a ``checkpoi
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from vlm_rl.config import ConfigError, SFTConfig
 from vlm_rl.data.schema import dataset_labels, load_jsonl
 from vlm_rl.learner.job_common import make_torch_trainer, prepare_output_and_data
@@ -69,5 +66,8 @@ def run_sft(config: SFTConfig, *, parent_run_id: str | None = None, run_name: st
          "evaluate": evaluate, "eval_limit": eval_limit, "eval_max_new_tokens": eval_max_new_tokens},
         config, "sft", storage_path,
     )
+    from vlm_rl.learner.run_end import clear_run_end, raise_if_failed
+
+    clear_run_end(config.output_dir)
     trainer.fit()
-    return json.loads((Path(config.output_dir) / "summary.json").read_text())
+    return raise_if_failed(config.output_dir)  # a full disk or failed export: FatalRunError, no restart loop

@@ -65,6 +65,21 @@ def test_more_generations_take_longer():
     assert times == sorted(times) and len(set(times)) == 4
 
 
+def test_training_time_scales_with_passes_over_a_batch():
+    """num_iterations passes train num_iterations times; the reference forward (beta > 0) is taken once per batch
+    and steps_per_generation adds one no-grad forward for the proximal log-probs of the later mini-batches."""
+    one = estimate(cfg(beta=0.0), 1000).phases
+    two = estimate(cfg(beta=0.0, num_iterations=2), 1000).phases
+    assert two["training"] == pytest.approx(2 * one["training"]) and two["generation"] == one["generation"]
+    with_ref = estimate(cfg(beta=0.04), 1000).phases["training"]
+    assert estimate(cfg(beta=0.04, num_iterations=2), 1000).phases["training"] == pytest.approx(
+        with_ref + one["training"])
+    minis = estimate(cfg(beta=0.0, steps_per_generation=2), 1000).phases["training"]
+    assert one["training"] < minis < with_ref
+    titles = [a.title for a in advise(cfg(num_iterations=2))]
+    assert "num_iterations 2 → 1" in titles
+
+
 def test_more_samples_scale_total_time():
     one, two = estimate(cfg(), 800), estimate(cfg(), 1600)
     assert one.steps == 100 and two.total_seconds == pytest.approx(2 * one.total_seconds)

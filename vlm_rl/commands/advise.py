@@ -28,7 +28,8 @@ def assumptions(config: GRPOConfig, hardware: str) -> str:
     return (
         f"assuming: model {config.model_path} ({spec.params / 1e9:.2f} B parameters), images up to "
         f"{config.max_image_size} px, {config.prompts_per_step} prompts x {config.num_generations} completions "
-        f"per step, up to {config.max_new_tokens} new tokens, LoRA r={config.lora_r}, {config.num_learners} "
+        f"per step ({config.num_iterations} pass(es) x {config.steps_per_generation} update(s) per batch), up to "
+        f"{config.max_new_tokens} new tokens, LoRA r={config.lora_r}, {config.num_learners} "
         f"learner(s) + {config.num_rollout_workers} rollout actor(s) ({config.rollout_mode}), on {gpu.name}\n"
         "  change with --config FILE.yaml, key=value overrides (model_path=..., max_image_size=...) and --hardware"
     )

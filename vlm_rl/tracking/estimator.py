@@ -18,7 +18,9 @@ text + max_new_tokens; every completion is assumed to run to max_new_tokens, an 
 * training: forward 2·N·tokens + backward (2·N under LoRA: frozen base weights need input gradients only;
   4·N for full fine-tuning) + 2·N with gradient checkpointing + 2·N for the reference forward when
   BETA > 0, over num_learners GPUs at TRAIN_MFU (TRAIN_MFU_COMPILED with compile_layers); ZeRO-3 adds
-  ZERO3_COMM_OVERHEAD on more than one GPU.
+  ZERO3_COMM_OVERHEAD on more than one GPU. Several updates per batch (issue 25): the forward + backward runs
+  once per pass (num_iterations), the reference forward once per batch, and with steps_per_generation > 1 a
+  no-grad forward over all mini-batches but the first takes the proximal log-probs before the first update.
 * sync: the LoRA adapter (or all weights) to every rollout worker at SYNC_BANDWIDTH + SYNC_LATENCY; none
   when colocated (generation reads the learner's tensors).
 * evaluation (EVAL_STEPS > 0): one greedy completion per validation prompt every EVAL_STEPS steps.
@@ -269,9 +271,11 @@ def _model_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[di
     # forward 2N + backward: with LoRA the base weights are frozen (input gradients only, 2N), else 4N;
     # gradient checkpointing adds one forward; the reference forward (BETA > 0) another
     backward = 2 if config.lora_r > 0 else 4
-    train_flops = (2 + backward + (2 if config.gradient_checkpointing else 0)) * n * tokens
+    passes, minis = config.num_iterations, config.steps_per_generation
+    train_flops = passes * (2 + backward + (2 if config.gradient_checkpointing else 0)) * n * tokens
+    train_flops += 2 * n * tokens * (minis - 1) / minis  # proximal log-probs of the later mini-batches
     if config.beta > 0:
-        train_flops += 2 * n * tokens
+        train_flops += 2 * n * tokens  # once per batch: the reference does not move between passes
     mfu = TRAIN_MFU_COMPILED if config.compile_layers else TRAIN_MFU
     training = train_flops / (config.num_learners * peak * mfu)
     if config.zero_stage == 3 and config.num_learners > 1:
@@ -337,6 +341,8 @@ def _assumptions(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> list[str]
         f"{(TRAIN_MFU_COMPILED if config.compile_layers else TRAIN_MFU):.0%}"
         + (" (compiled layers)" if config.compile_layers else ""),
         "micro-batch = one prompt's group of completions; excludes startup (Ray, model loading)",
+        f"{config.num_iterations} pass(es) x {config.steps_per_generation} optimizer step(s) per batch "
+        "(num_iterations x steps_per_generation): training time scales with the passes",
     ]
 
 
@@ -462,6 +468,9 @@ def _variants(config: GRPOConfig) -> list[tuple[str, dict[str, Any], str]]:
                     "no intermediate validation curve"))
         out.append((f"EVAL_STEPS {config.eval_steps} → {config.eval_steps * 4}",
                     {"eval_steps": config.eval_steps * 4}, "sparser validation curve"))
+    if config.num_iterations > 1:
+        out.append((f"num_iterations {config.num_iterations} → 1", {"num_iterations": 1},
+                    "one update per rollout: less learning per sampled completion, and the clip never acts"))
     if config.lora_r > 16:
         out.append((f"LORA_R {config.lora_r} → 16", {"lora_r": 16}, "smaller adapter: faster sync, less capacity"))
     if config.gradient_checkpointing:

@@ -215,3 +215,48 @@ def test_a_write_failing_on_rank_0_fails_every_rank_at_once(tmp_path):
         for p in procs:
             p.kill()
     assert list_checkpoints(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- the run's end
+def test_failed_final_export_is_a_fatal_error_not_a_restart(tmp_path, monkeypatch):
+    """SFT/DPO's merged ``final/`` export failing on rank 0 (a full disk): FinalExportError (no Ray Train
+    restart) with the free space; the half-written ``final.tmp`` is removed."""
+    import errno
+
+    from vlm_rl.config import SFTConfig
+    from vlm_rl.learner import export
+    from vlm_rl.learner.comm import Comm
+    from vlm_rl.learner.run_end import FinalExportError
+    from vlm_rl.learner.supervised_worker import export_final
+
+    def full_disk(base, weights, out_dir, adapter_config=None):
+        Path(str(out_dir) + ".tmp").mkdir(parents=True)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "write_merged_model", full_disk)
+
+    class Learner:
+        def export_weights(self):
+            return {"w": torch.zeros(2)}
+
+        def adapter_config(self):
+            return None
+
+    config = SFTConfig(output_dir=str(tmp_path))
+    with pytest.raises(FinalExportError, match=r"the final export to .*final failed \(OSError: .*No space left on "
+                                               r"device\); .* GB are free at"):
+        export_final(Learner(), config, Comm())
+    assert not (tmp_path / "final.tmp").exists()
+
+
+def test_driver_raises_the_learners_fatal_error(tmp_path):
+    from vlm_rl.learner.run_end import FatalRunError, clear_run_end, raise_if_failed, write_json
+
+    write_json(tmp_path / "summary.json", {"steps": 3})
+    assert raise_if_failed(tmp_path) == {"steps": 3}
+    write_json(tmp_path / "failure.json", {"error": "CheckpointError", "message": "checkpoint-samples-4 could not"})
+    with pytest.raises(FatalRunError, match="checkpoint-samples-4 could not"):
+        raise_if_failed(tmp_path)
+    clear_run_end(tmp_path)  # the next attempt (resume) starts clean
+    with pytest.raises(FatalRunError, match="ended without writing .*summary.json"):
+        raise_if_failed(tmp_path)  # on a full disk even failure.json may not fit: still an error, not a hang

@@ -38,7 +38,9 @@ def write_json(path: Path, payload: dict) -> None:
 def clear_run_end(output_dir: str | Path) -> None:
     """Driver, before ``fit``: an earlier attempt's failure or summary must not be taken for this one's."""
     for name in (FAILURE_FILE, SUMMARY_FILE):
-        (Path(output_dir) / name).unlink(missing_ok=True)
+        path = Path(output_dir) / name
+        if path.is_file():
+            path.unlink()
 
 
 def end_fatal(exc: FatalRunError, output_dir: str | Path, rank: int, on_rank0=None) -> None:

@@ -13,11 +13,13 @@ import torch
 from vlm_rl.config import GRPOConfig
 
 # Small enough for a 2-core box (1 learner, 1 rollout actor, 4 steps), big enough to move the weights:
-# the supervised warm-up and Adam's momentum change every tensor, GRPO steps on top.
+# the supervised warm-up and Adam's momentum change every tensor, GRPO steps on top. Full fine-tuning with
+# beta > 0 after the warm-up: the KL reference is the post-warm-up policy, which a resume must load from the
+# checkpoint (reference.safetensors), not re-freeze from the resumed weights (issue 23).
 SETTINGS = dict(
     model_path="tiny-qwen3-vl", lora_r=0, learning_rate=3e-3, num_learners=1, num_rollout_workers=1,
     prompts_per_step=2, num_generations=4, num_steps=4, sft_warmup_steps=4, max_new_tokens=16,
-    max_image_size=64, beta=0.0, zero_stage=2, log_images_every=0, eval_steps=0, synthetic_train_size=16,
+    max_image_size=64, beta=0.04, zero_stage=2, log_images_every=0, eval_steps=0, synthetic_train_size=16,
     synthetic_val_size=4, synthetic_max_objects=1, disable_gradient_checkpointing=True, seed=0,
     save_every_samples=2, keep_checkpoints=2, max_failures=2,
 )

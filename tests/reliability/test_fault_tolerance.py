@@ -32,7 +32,13 @@ from tests.reliability.conftest import (
     record,
 )
 from vlm_rl.grpo.job import make_rollout_pool, prepare_run, run_grpo
-from vlm_rl.learner.checkpoint import STATE_FILE, list_checkpoints, load_weights, resolve_resume
+from vlm_rl.learner.checkpoint import (
+    REFERENCE_FILE,
+    STATE_FILE,
+    list_checkpoints,
+    load_weights,
+    resolve_resume,
+)
 
 pytestmark = pytest.mark.slow
 N = SETTINGS["num_steps"]
@@ -133,9 +139,19 @@ def test_exact_resume_over_a_half_written_checkpoint(ray_cluster, tmp_path, stra
     assert resolve_resume("auto", out) == last
     midway = load_weights(last)
 
+    # the KL reference (the policy after the warm-up) travels with the checkpoints, written once
+    reference = last / REFERENCE_FILE
+    assert reference.is_file() and all((p / REFERENCE_FILE).stat().st_ino == reference.stat().st_ino
+                                       for p in list_checkpoints(out))
+
     t0 = time.time()
     second = run_grpo(grpo_config(out, resume="auto"))
     assert second["steps"] == N
+    # KL after the resume is measured to the same reference as in the uninterrupted run (a reference
+    # re-frozen from the resumed weights would give KL 0 at the first resumed step)
+    kl_resumed = [row["kl"] for row in second["history"]]
+    kl_straight = [row["kl"] for row in straight_run["summary"]["history"]]
+    assert kl_resumed == kl_straight and kl_resumed[N // 2] > 0
     assert computed(second["history"]) == computed(straight_run["summary"]["history"])
     worst = assert_same_weights(final_weights(second), straight_run["weights"])
     assert not half.exists() or (half.with_suffix("") / STATE_FILE).is_file()
@@ -144,4 +160,5 @@ def test_exact_resume_over_a_half_written_checkpoint(ray_cluster, tmp_path, stra
     record("exact_resume", steps=f"{N // 2} + resume + {N - N // 2} vs {N} straight",
            resumed_from=last.name,
            half_written_checkpoint=half.name, max_abs_weight_difference_vs_uninterrupted=worst,
-           history_equal_to_uninterrupted=True, second_half_seconds=time.time() - t0)
+           history_equal_to_uninterrupted=True, kl_after_resume=kl_resumed[N // 2:],
+           second_half_seconds=time.time() - t0)

@@ -207,6 +207,8 @@ def grpo_train(
         metrics["samples"] = float(state.samples)
         if torch.cuda.is_available():
             metrics["memory/peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        if "peak_memory_gb" in out:  # the rollout actors' (the busiest one's) GPU peak
+            metrics["memory/rollout_peak_gb"] = float(out["peak_memory_gb"])
         if rank == 0:
             if sinks.on_rollouts:
                 sinks.on_rollouts(step, items, completions)

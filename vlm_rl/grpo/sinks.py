@@ -137,7 +137,11 @@ class RunSinks:
             flush=True,
         )
 
-    def on_checkpoint(self, path: Path, state: LoopState) -> None:
+    def on_checkpoint(self, path: Path, state: LoopState, seconds: float | None = None) -> None:
+        """Record the checkpoint: its path as a tag, its size and write time as metrics (LoRA files as artifacts)."""
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        self.tracker.log_metrics({"checkpoint/gb": size / 1e9, **({"checkpoint/seconds": seconds} if seconds else {})},
+                                 step=state.step)
         self.last_checkpoint = str(path)
         self.tracker.set_tags({"vlm_rl.last_checkpoint": str(path)})
         log_checkpoint_artifacts(self.tracker, path, lora=self.config.lora_r > 0)

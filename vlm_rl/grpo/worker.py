@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -123,6 +124,7 @@ def train_grpo_worker(cfg: dict) -> None:
             print(f"[vlm-rl] checkpoint size unknown, the disk check uses the last checkpoint's: {exc}", flush=True)
 
     def save(loop_state: LoopState) -> None:
+        started = time.perf_counter()
         weights = learner.export_weights()
         keep_reference = saves_reference(config) and learner.reference is not None
         linked = saved_reference["file"]
@@ -140,7 +142,7 @@ def train_grpo_worker(cfg: dict) -> None:
         if keep_reference:
             saved_reference["file"] = path / REFERENCE_FILE
         if run_sinks:
-            run_sinks.on_checkpoint(path, loop_state)
+            run_sinks.on_checkpoint(path, loop_state, seconds=time.perf_counter() - started)
 
     sinks.checkpoint = save
     sft = SFTTargets(processor, family, config.max_image_size) if config.sft_warmup_steps else None

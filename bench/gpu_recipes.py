@@ -1,0 +1,382 @@
+"""Every shipped recipe, run the way cluster/README.md tells users to: `ray job submit` to a local cluster
+started by `cluster/local/start-local-cluster.sh --num-gpus=1` (MLflow server included), with size overrides only.
+
+Each recipe runs on a random-weight model of its family's real architecture (8B where one GPU holds it, a
+2B-size one where an 8B/7B full fine-tune cannot), on fractional GPUs, for a few steps with evaluation, rollout
+pictures and checkpoints on. A job must end by itself: the script waits up to ``--job-timeout`` seconds, then
+records the job as hung (with the driver's stack when py-spy is there) and stops it.
+
+    python bench/gpu_recipes.py --work /tmp/recipes --out bench/results/gpu_recipes_<date>.json [--recipes ...]
+    python bench/gpu_recipes.py --cpu ...      # the same plumbing on the CPU with the tiny model (a dry run)
+
+Writes one JSON entry per recipe file (``recipe, ok, exit, wall_s, s_per_step, learner_peak_gb, actor_peak_gb,
+weight_sync_s, checkpoint_gb, checkpoint_s, error`` and details) after each job, so a call cut short keeps
+what finished. Not a test: GPU time is measured here and recorded in docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+RECIPES = REPO / "ray_jobs" / "configs" / "recipes"
+
+
+@dataclass
+class Run:
+    recipe: str  # file name in ray_jobs/configs/recipes/
+    entry: str  # ray_jobs.<entry>
+    arch: str  # random-weight architecture (see build_model)
+    overrides: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+#: Every GRPO run: a few steps, evaluation every 2, pictures every 2, a checkpoint every 2 steps (16 samples).
+GRPO_SIZE = ["num_steps=4", "prompts_per_step=8", "num_generations=4", "max_new_tokens=128", "eval_steps=2",
+             "log_images_every=2", "save_every_samples=16", "synthetic_train_size=64", "synthetic_val_size=8",
+             "rollout_batch_size=32", "cpus_per_learner=2"]
+#: A learner and one rollout actor sharing the one GPU.
+SHARED_GPU = ["num_learners=1", "gpus_per_learner=0.5", "rollout_gpus=0.5", "num_rollout_workers=1"]
+SUPERVISED_SIZE = ["num_learners=1", "gpus_per_learner=1", "cpus_per_learner=2", "max_steps=4", "batch_size=8",
+                   "save_every_samples=16", "synthetic_train_size=64", "synthetic_val_size=8"]
+
+MATRIX = [
+    Run("sft-qwen3vl-2b-lora.yaml", "sft", "qwen3-vl-2b", SUPERVISED_SIZE),
+    Run("grpo-qwen3vl-2b-1n1g-lora.yaml", "grpo", "qwen3-vl-2b", GRPO_SIZE + SHARED_GPU),
+    Run("dpo-qwen3vl-2b-lora.yaml", "dpo", "qwen3-vl-2b", SUPERVISED_SIZE,
+        note="model_path = the SFT run's final/ export, pairs from `vlm-rl dpo-data` on the GRPO run's rollouts"),
+    Run("grpo-qwen3vl-8b-1n8g-zero3.yaml", "grpo", "qwen3-vl-2b",
+        GRPO_SIZE + SHARED_GPU + ["keep_checkpoints=1"],
+        note="Qwen3-VL-2B architecture: an 8B full fine-tune with Adam needs ~140 GB, more than one GPU"),
+    Run("grpo-qwen25vl-7b-1n8g-zero3.yaml", "grpo", "qwen2.5-vl-2b",
+        GRPO_SIZE + SHARED_GPU + ["keep_checkpoints=1", "max_image_size=448"],
+        note="Qwen2.5-VL-3B architecture cut to 16 of its 36 decoder layers (2.2 B): a 7B full fine-tune "
+             "with Adam does not fit one GPU"),
+    Run("grpo-qwen3vl-8b-1n1g-colocated.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + ["gpus_per_learner=1"]),
+    Run("grpo-qwen3vl-8b-1n2g-lora-async.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + SHARED_GPU),
+]
+CPU_SIZE = ["use_gpu=false", "bf16=false", "save_every_samples=4", "max_image_size=128", "synthetic_train_size=8",
+            "synthetic_val_size=2", "cpus_per_learner=0.5", "compile_layers=false", "micro_batch_size=0"]
+CPU_GRPO_SIZE = ["num_steps=2", "prompts_per_step=2", "num_generations=2", "max_new_tokens=16", "eval_steps=2",
+                 "log_images_every=2", "rollout_batch_size=8", "rollout_engine=hf", "compile_decode=false"]
+
+
+# -- models -------------------------------------------------------------------------------------------
+def qwen25_vl_2b_config():
+    """Qwen2.5-VL-3B-Instruct's published config with 16 of its 36 decoder layers (2.2 B parameters)."""
+    from transformers import Qwen2_5_VLConfig
+
+    from vlm_rl.models.tiny import _BOS, _EOS, _PAD, _TOKEN_IDS
+    from vlm_rl.models.tokenizer import MODEL_VOCAB_SIZE
+
+    text = dict(vocab_size=MODEL_VOCAB_SIZE, hidden_size=2048, intermediate_size=11008, num_hidden_layers=16,
+                num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+                bos_token_id=_BOS, eos_token_id=_EOS, pad_token_id=_PAD)
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                  fullatt_block_indexes=[7, 15, 23, 31])
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **_TOKEN_IDS)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = _BOS, _EOS, _PAD
+    return config
+
+
+def build_model(arch: str, root: Path) -> str:
+    """A saved random-weight model folder of ``arch`` (built once, on the GPU, in bf16)."""
+    if arch == "tiny":
+        return "tiny-qwen3-vl"
+    out = root / arch
+    if (out / "config.json").is_file():
+        return str(out)
+    if arch.startswith("qwen3-vl"):
+        from bench.throughput_common import build_model_dir
+
+        key = {"qwen3-vl-2b": "2b", "qwen3-vl-8b": "8b"}[arch]
+        return str(build_model_dir(key, root, "cuda"))
+    import torch
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    from vlm_rl.models.processor import make_processor
+    from vlm_rl.models.tiny import _BOS, _EOS, _PAD
+    from vlm_rl.models.tokenizer import load_qwen_tokenizer
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen2_5_VLForConditionalGeneration(qwen25_vl_2b_config()).to(torch.bfloat16)
+    model.generation_config = GenerationConfig(bos_token_id=_BOS, eos_token_id=[_EOS, _PAD], pad_token_id=_PAD)
+    model.save_pretrained(out, safe_serialization=True)
+    make_processor(load_qwen_tokenizer("qwen2_5_vl"), "qwen2_5_vl").save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+    print(f"built {arch} in {time.perf_counter() - t0:.1f}s -> {out}", flush=True)
+    return str(out)
+
+
+# -- the cluster ----------------------------------------------------------------------------------------
+def start_cluster(state_dir: Path, gpus: int, cpus: int) -> dict:
+    """`start-local-cluster.sh` as cluster/README.md §1 runs it; returns the client env its env.sh sets."""
+    env = {**os.environ, "VLMRL_LOCAL_DIR": str(state_dir)}
+    flags = [f"--num-cpus={cpus}"] + ([f"--num-gpus={gpus}"] if gpus else [])
+    subprocess.run(["bash", str(REPO / "cluster/local/start-local-cluster.sh"), *flags], env=env, check=True,
+                   cwd=REPO)
+    for line in (state_dir / "env.sh").read_text().splitlines():
+        if m := re.match(r"export (\w+)='?([^']*)'?$", line):
+            env[m.group(1)] = m.group(2)
+    return env
+
+
+def stop_cluster(env: dict) -> None:
+    subprocess.run(["bash", str(REPO / "cluster/local/stop-local-cluster.sh")], env=env, cwd=REPO)
+
+
+# -- one job --------------------------------------------------------------------------------------------
+def submit(env: dict, entry: str, args: list[str]) -> str:
+    """`ray job submit --no-wait`; returns the submission id."""
+    cmd = ["ray", "job", "submit", "--address", env["VLMRL_RAY_ADDRESS"], "--runtime-env",
+           "ray_jobs/runtime_env.yaml", "--no-wait", "--", "python", "-m", f"ray_jobs.{entry}", *args]
+    print("$", " ".join(cmd), flush=True)
+    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"(raysubmit_\w+)", out)
+    if not match:
+        raise RuntimeError(f"no submission id in: {out[-1000:]}")
+    return match.group(1)
+
+
+def job_client(env: dict):
+    os.environ.update({k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH") if k in env})
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(env["VLMRL_RAY_ADDRESS"])
+
+
+def wait_job(client, job_id: str, timeout_s: float, log_path: Path) -> tuple[str, float]:
+    """Poll until the job is terminal or ``timeout_s`` passes; mirrors its log to ``log_path``."""
+    t0 = time.time()
+    status = "PENDING"
+    while time.time() - t0 < timeout_s:
+        status = str(client.get_job_status(job_id)).split(".")[-1]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(3.0)
+    log_path.write_text(client.get_job_logs(job_id))
+    return status, time.time() - t0
+
+
+def driver_stack(client, job_id: str) -> str:
+    """The hung driver's Python stack (py-spy), for the record."""
+    pid = (client.get_job_info(job_id).driver_info or {}) if hasattr(client.get_job_info(job_id), "driver_info") else {}
+    pid = getattr(pid, "pid", None) or (pid.get("pid") if isinstance(pid, dict) else None)
+    if not pid or not shutil.which("py-spy"):
+        return ""
+    return subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True).stdout[-6000:]
+
+
+# -- what a run left behind -------------------------------------------------------------------------------
+def read_metrics(output_dir: Path) -> list[dict]:
+    path = output_dir / "metrics.jsonl"
+    rows: list[dict] = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return rows
+
+
+def series(rows: list[dict], key: str) -> list[float]:
+    """Values of metric ``key`` in step order (metrics.jsonl holds one {step, name, value} row per metric)."""
+    values = {}
+    for row in rows:
+        if row.get("name") == key and isinstance(row.get("value"), (int, float)):
+            values[int(row.get("step", 0))] = float(row["value"])
+    return [values[s] for s in sorted(values)]
+
+
+def folder_gb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e9
+
+
+def measure(output_dir: Path) -> dict:
+    rows = read_metrics(output_dir)
+    steps = series(rows, "time/step")
+    later = steps[1:] or steps  # the first step compiles / warms up
+    checkpoints = sorted(output_dir.glob("checkpoint-samples-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    sync = series(rows, "time/weight_sync")
+    out = {
+        "steps": len(steps),
+        "s_per_step": statistics.median(later) if later else None,
+        "first_step_s": steps[0] if steps else None,
+        "learner_peak_gb": max(series(rows, "memory/peak_gb"), default=None),
+        "actor_peak_gb": max(series(rows, "memory/rollout_peak_gb"), default=None),
+        "weight_sync_s": statistics.median(sync[1:] or sync) if sync else None,
+        "weight_sync_export_s": _median(series(rows, "weight_sync/export_seconds")),
+        "weight_sync_stage_s": _median(series(rows, "weight_sync/stage_seconds")),
+        "weight_sync_send_s": _median(series(rows, "weight_sync/seconds")),
+        "weight_sync_gb": max(series(rows, "weight_sync/bytes"), default=0.0) / 1e9 or None,
+        "checkpoint_gb": folder_gb(checkpoints[-1]) if checkpoints else None,
+        "checkpoints": [p.name for p in checkpoints],
+        "checkpoint_s": _median(series(rows, "checkpoint/seconds")),
+        "eval_map50": series(rows, "eval/mAP_50")[-1:] or None,
+        "final_model": (output_dir / "final" / "config.json").is_file(),
+    }
+    summary = output_dir / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        out["run_id"] = data.get("run_id")
+        out["summary_wall_s"] = data.get("wall_seconds")
+    return out
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values[1:] or values) if values else None
+
+
+def mlflow_check(tracking_uri: str, run_id: str | None) -> dict:
+    """What the MLflow server (the UI's REST API) holds for the run: status, metric and artifact counts."""
+    if not run_id or not tracking_uri.startswith("http"):
+        return {}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    artifacts = [a.path for a in client.list_artifacts(run_id)]
+    pictures = [a.path for a in client.list_artifacts(run_id, "rollouts")] if "rollouts" in artifacts else []
+    return {"mlflow_status": run.info.status, "mlflow_metrics": len(run.data.metrics), "mlflow_artifacts": artifacts,
+            "pictures": len(pictures)}
+
+
+# -- the matrix -----------------------------------------------------------------------------------------
+def run_matrix(args) -> list[dict]:
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    out_path = Path(args.out)
+    results = json.loads(out_path.read_text()) if out_path.is_file() and args.append else []
+    env = start_cluster(work / "cluster", gpus=0 if args.cpu else 1, cpus=args.cpus)
+    try:
+        client = job_client(env)
+        chosen = [r for r in MATRIX if not args.recipes or any(n in r.recipe for n in args.recipes)]
+        for run in chosen:
+            results = [r for r in results if r["recipe"] != run.recipe] + [one_job(run, args, work, env, client)]
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(results, indent=2, default=str))
+            if args.cleanup:
+                cleanup(run, work)
+    finally:
+        stop_cluster(env)
+    return results
+
+
+def one_job(run: Run, args, work: Path, env: dict, client) -> dict:
+    name = run.recipe.removesuffix(".yaml")
+    output_dir = work / "runs" / name
+    shutil.rmtree(output_dir, ignore_errors=True)
+    t_model = time.perf_counter()
+    model = build_model("tiny" if args.cpu else run.arch, work / "models")
+    model_s = time.perf_counter() - t_model
+    cpu = (CPU_SIZE + (CPU_GRPO_SIZE if run.entry == "grpo" else ["max_steps=2"])) if args.cpu else []
+    overrides = list(run.overrides) + cpu + [f"output_dir={output_dir}"]
+    extra: dict = {"arch": "tiny-qwen3-vl" if args.cpu else run.arch, "note": run.note, "model_build_s": model_s}
+    if run.entry == "dpo":
+        sft_final = work / "runs" / "sft-qwen3vl-2b-lora" / "final"
+        model = str(sft_final) if (sft_final / "config.json").is_file() else model
+        pairs = dpo_pairs(work, env)
+        extra.update(dpo_pairs=pairs, dpo_model=model)
+        if pairs:
+            overrides.append(f"pairs={pairs}")
+    if args.cpu and run.entry == "grpo":
+        overrides = [o for o in overrides if not o.startswith(("gpus_per_learner", "rollout_gpus"))]
+        overrides += ["rollout_gpus=0"]
+    overrides.append(f"model_path={model}")
+    if run.entry == "grpo" and "colocated" not in run.recipe and not args.cpu:
+        overrides.append("eval_on_start=true")
+    config = str(RECIPES.relative_to(REPO) / run.recipe)
+    entry = {"recipe": run.recipe, "entry": f"ray_jobs.{run.entry}", "ok": False, "exit": None, "error": None}
+    started = time.time()
+    try:
+        job_id = submit(env, run.entry, ["--config", config, *overrides])
+        status, waited = wait_job(client, job_id, args.job_timeout, work / f"{name}.log")
+        log = (work / f"{name}.log").read_text()
+        entry.update(job_id=job_id, status=status)
+        if status not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            entry["error"] = f"hung: still {status} after {args.job_timeout:.0f} s"
+            entry["driver_stack"] = driver_stack(client, job_id)
+            client.stop_job(job_id)
+        else:
+            info = client.get_job_info(job_id)
+            entry["exit"] = getattr(info, "driver_exit_code", None)
+            entry["ok"] = status == "SUCCEEDED"
+            if not entry["ok"]:
+                entry["error"] = (getattr(info, "message", "") or "") + "\n" + log[-3000:]
+        entry["log_tail"] = log[-1500:]
+    except Exception as exc:  # the matrix goes on with the next recipe
+        entry["error"] = f"{type(exc).__name__}: {exc}"
+    entry["wall_s"] = time.time() - started
+    entry.update(measure(output_dir))
+    entry["overrides"] = overrides
+    entry.update(extra)
+    try:
+        entry.update(mlflow_check(env.get("MLFLOW_TRACKING_URI", ""), entry.get("run_id")))
+    except Exception as exc:
+        entry["mlflow_error"] = str(exc)
+    entry["disk_free_gb"] = shutil.disk_usage(work).free / 1e9
+    print(json.dumps({k: v for k, v in entry.items() if k not in ("log_tail", "driver_stack")}, default=str),
+          flush=True)
+    return entry
+
+
+def dpo_pairs(work: Path, env: dict) -> str | None:
+    """`vlm-rl dpo-data` on the GRPO 2B run's rollouts; None when they rank no pair (random weights mostly
+    score 0 everywhere), and the DPO job then makes its documented synthetic pairs."""
+    rollouts = work / "runs" / "grpo-qwen3vl-2b-1n1g-lora" / "rollouts.jsonl"
+    if not rollouts.is_file():
+        return None
+    out = work / "dpo-pairs.jsonl"
+    subprocess.run([sys.executable, "-m", "vlm_rl.cli", "dpo-data", "--rollouts", str(rollouts), "--output", str(out)],
+                   cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, check=False)
+    if out.is_file() and out.read_text().strip():
+        return str(out)
+    return None
+
+
+def cleanup(run: Run, work: Path) -> None:
+    """Full-weight checkpoints are tens of GB: drop them once measured (the SFT export feeds DPO, kept)."""
+    output_dir = work / "runs" / run.recipe.removesuffix(".yaml")
+    for ckpt in output_dir.glob("checkpoint-samples-*"):
+        shutil.rmtree(ckpt, ignore_errors=True)
+    later_8b = any(r.arch == "qwen3-vl-8b" for r in MATRIX[MATRIX.index(run) + 1:])
+    if run.arch == "qwen3-vl-8b" and not later_8b:
+        shutil.rmtree(work / "models" / "qwen3-vl-8b", ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="*", help="substrings of recipe file names (default: all)")
+    parser.add_argument("--work", default="/tmp/vlmrl-recipes")
+    parser.add_argument("--out", default=str(REPO / "bench/results/gpu_recipes.json"))
+    parser.add_argument("--append", action="store_true", help="keep other recipes' entries already in --out")
+    parser.add_argument("--job-timeout", type=float, default=420.0, help="seconds before a job counts as hung")
+    parser.add_argument("--cpus", type=int, default=16)
+    parser.add_argument("--cpu", action="store_true", help="dry run: tiny model, CPU only")
+    parser.add_argument("--no-cleanup", dest="cleanup", action="store_false")
+    args = parser.parse_args()
+    results = run_matrix(args)
+    bad = [r["recipe"] for r in results if not r["ok"]]
+    print(f"{len(results) - len(bad)}/{len(results)} recipes SUCCEEDED" + (f"; not: {bad}" if bad else ""))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,7 +2,8 @@
 (PolicyLearner on LocalEngine, the tiny Qwen3-VL) trains, on the demo's easy task.
 
 A short supervised warm-up is shared; then the same seed and steps run on-policy (``max_staleness=0``) and
-one step off-policy (``max_staleness=1``). The issue's questions:
+one step off-policy (``max_staleness=1``, with two passes over each batch and a tight clip: ``num_iterations=2``,
+``epsilon=0.01``, issue 25). The issue's questions:
 
 * overlap: with ``max_staleness=1`` the wall time of the steps is below the sum of the rollout side's own
   sampling seconds and the learner's training seconds (each measured in its own process);
@@ -74,7 +75,9 @@ def runs(ray_cluster, tiny_model_dir, tmp_path_factory):
     results = {}
     try:
         for staleness in (0, 1):
-            run_config = config.model_copy(update={"max_staleness": staleness})
+            # the asynchronous run also takes two updates per batch with a tight clip (issue 25's "done when")
+            offpolicy = {"num_iterations": 2, "epsilon": 0.01} if staleness else {}
+            run_config = config.model_copy(update={"max_staleness": staleness, **offpolicy})
             history = []
             state = grpo_train(run_config, learner=_learner(run_config, start), rollout=pool,
                                sampler=PromptSampler(data, seed=config.seed, cursor=warm.cursor),
@@ -113,3 +116,17 @@ def test_staleness_is_bounded_and_importance_statistics_are_logged(runs):
     on_policy = statistics.mean(m["tis/logp_diff_abs"] for m in runs[0]["history"])
     off_policy = statistics.mean(m["tis/logp_diff_abs"] for m in runs[1]["history"][1:])
     assert on_policy < 1e-3 < off_policy  # same weights: numerics only; one update old: a real gap
+
+
+def test_two_passes_with_a_tight_clip_clip_the_second_pass(runs):
+    """Decoupled PPO: the first pass's ratio to the proximal policy is exactly 1 (nothing clipped, whatever the
+    sampler's staleness, which the IS weight corrects); the second pass runs after an update and epsilon 0.01
+    clips it wherever the first pass had a signal to move on (a step whose groups all tie has no advantage, no
+    update, so nothing to clip). On-policy with one pass the clip never acts."""
+    history = runs[1]["history"]
+    print("async clip_ratio per step:", [round(m["clip_ratio"], 4) for m in history],
+          "reward/std:", [round(m["reward/std"], 4) for m in history])
+    assert all(m["clip_ratio/pass_1"] == 0.0 for m in history)
+    assert all(m["clip_ratio/pass_2"] > 0 for m in history if m["reward/std"] > 0)
+    assert sum(m["clip_ratio"] > 0 for m in history) >= len(history) / 2
+    assert all(m["clip_ratio"] == 0.0 and "clip_ratio/pass_2" not in m for m in runs[0]["history"])

@@ -75,6 +75,12 @@ def _rank(rank: int, port: str, model_dir: str, data: str, out: str) -> None:
         result["packed_roundtrip"] = all(torch.equal(v, at_once[k]) for k, v in weight_sync.unpack(entries, buffer).items())
         result["changed"] = sum(not torch.equal(bucketed[n], base[n]) for n in base)
         result["tensors"] = len(base)
+    # Issue 25 under ZeRO-3: 2 passes x 3 mini-batches (one completion each, padded to the engine's 2 micro-
+    # batches): the proximal no-grad pass, the cached sharded-reference log-probs, 6 optimizer steps, a clip that acts.
+    learner.config = config.model_copy(update={"num_iterations": 2, "steps_per_generation": 3, "epsilon": 0.01})
+    steps = int(engine.global_steps)
+    result["passes"] = learner.grpo_step(items, completions, advantages)
+    result["passes_steps"] = int(engine.global_steps) - steps
     dist.barrier()
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
 
@@ -100,6 +106,12 @@ def test_kl_to_a_sharded_reference_is_zero_then_positive(zero3_run):
         assert result["first"]["kl"] == 0.0, result["first"]
         assert result["second"]["kl"] > 1e-6, result["second"]
         assert result["global_steps"] == 2  # two GRPO steps, two optimizer steps (2 micro-batches each)
+
+
+def test_several_updates_per_batch_under_zero3(zero3_run):
+    for result in zero3_run:
+        assert result["passes_steps"] == 6
+        assert result["passes"]["clip_ratio/pass_2"] > 0 and result["passes"]["kl"] > 0, result["passes"]
 
 
 def test_each_rank_holds_about_half_the_reference(zero3_run):

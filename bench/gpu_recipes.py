@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RECIPES = REPO / "ray_jobs" / "configs" / "recipes"
+STARTED = time.time()
 
 
 @dataclass
@@ -51,16 +52,19 @@ SHARED_GPU = ["num_learners=1", "gpus_per_learner=0.5", "rollout_gpus=0.5", "num
 SUPERVISED_SIZE = ["num_learners=1", "gpus_per_learner=1", "cpus_per_learner=2", "max_steps=4", "batch_size=8",
                    "save_every_samples=16", "synthetic_train_size=64", "synthetic_val_size=8"]
 
+#: A 2B full-fine-tuning checkpoint with Adam state is ~34 GB: one, at the end, is what a 64 GB disk holds.
+FULL_WEIGHTS_DISK = ["keep_checkpoints=1", "save_every_samples=0"]
+
 MATRIX = [
     Run("sft-qwen3vl-2b-lora.yaml", "sft", "qwen3-vl-2b", SUPERVISED_SIZE),
     Run("grpo-qwen3vl-2b-1n1g-lora.yaml", "grpo", "qwen3-vl-2b", GRPO_SIZE + SHARED_GPU),
     Run("dpo-qwen3vl-2b-lora.yaml", "dpo", "qwen3-vl-2b", SUPERVISED_SIZE,
         note="model_path = the SFT run's final/ export, pairs from `vlm-rl dpo-data` on the GRPO run's rollouts"),
     Run("grpo-qwen3vl-8b-1n8g-zero3.yaml", "grpo", "qwen3-vl-2b",
-        GRPO_SIZE + SHARED_GPU + ["keep_checkpoints=1"],
+        GRPO_SIZE + SHARED_GPU + FULL_WEIGHTS_DISK,
         note="Qwen3-VL-2B architecture: an 8B full fine-tune with Adam needs ~140 GB, more than one GPU"),
     Run("grpo-qwen25vl-7b-1n8g-zero3.yaml", "grpo", "qwen2.5-vl-2b",
-        GRPO_SIZE + SHARED_GPU + ["keep_checkpoints=1", "max_image_size=448"],
+        GRPO_SIZE + SHARED_GPU + FULL_WEIGHTS_DISK + ["max_image_size=448"],
         note="Qwen2.5-VL-3B architecture cut to 16 of its 36 decoder layers (2.2 B): a 7B full fine-tune "
              "with Adam does not fit one GPU"),
     Run("grpo-qwen3vl-8b-1n1g-colocated.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + ["gpus_per_learner=1"]),
@@ -269,6 +273,11 @@ def run_matrix(args) -> list[dict]:
         client = job_client(env)
         chosen = [r for r in MATRIX if not args.recipes or any(n in r.recipe for n in args.recipes)]
         for run in chosen:
+            left = args.deadline - (time.time() - STARTED)
+            if left < 150:
+                print(f"skipping {run.recipe}: {left:.0f} s left in this call", flush=True)
+                continue
+            args.job_timeout = min(args.job_timeout, left - 30)
             results = [r for r in results if r["recipe"] != run.recipe] + [one_job(run, args, work, env, client)]
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out_path.write_text(json.dumps(results, indent=2, default=str))
@@ -369,6 +378,8 @@ def main() -> int:
     parser.add_argument("--append", action="store_true", help="keep other recipes' entries already in --out")
     parser.add_argument("--job-timeout", type=float, default=420.0, help="seconds before a job counts as hung")
     parser.add_argument("--cpus", type=int, default=16)
+    parser.add_argument("--deadline", type=float, default=1e9, help="seconds this call may take: later recipes "
+                        "are skipped rather than cut off (the lent GPU machine runs 10-minute commands)")
     parser.add_argument("--cpu", action="store_true", help="dry run: tiny model, CPU only")
     parser.add_argument("--no-cleanup", dest="cleanup", action="store_false")
     args = parser.parse_args()

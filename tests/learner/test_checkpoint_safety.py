@@ -260,3 +260,20 @@ def test_driver_raises_the_learners_fatal_error(tmp_path):
     clear_run_end(tmp_path)  # the next attempt (resume) starts clean
     with pytest.raises(FatalRunError, match="ended without writing .*summary.json"):
         raise_if_failed(tmp_path)  # on a full disk even failure.json may not fit: still an error, not a hang
+
+
+def test_checkpoint_must_leave_the_disk_below_rays_threshold(tmp_path, monkeypatch):
+    """Free space that holds the checkpoint but would leave the disk over 95 % full is refused: above that Ray
+    stops storing objects and the driver waits forever (the GPU hang of issue 23 at 96 % full)."""
+    from vlm_rl.learner.disk import usable_bytes
+
+    usage = shutil.disk_usage("/")
+    total = 100 * GB
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage._replace(total=int(total), free=int(8 * GB)))
+    assert usable_bytes(tmp_path) == pytest.approx(3 * GB, abs=2)  # 8 GB free, 5 GB of them Ray's
+    with pytest.raises(CheckpointError) as caught:
+        save(tmp_path, 2, expected_bytes=4e9)  # fits the 8 GB free, not the 3 GB usable
+    assert "8.0 GB are free at" in str(caught.value) and "3.0 GB of it usable" in str(caught.value)
+    monkeypatch.setenv("RAY_local_fs_capacity_threshold", "0.99")  # a cluster configured otherwise
+    assert usable_bytes(tmp_path) == pytest.approx(7 * GB, abs=2)
+    save(tmp_path, 2, expected_bytes=4e9)

@@ -166,12 +166,12 @@ def _failure(name: str, exc: BaseException, root: Path, expected: float | None) 
 
 
 def _space_problem(name: str, root: Path, expected: float | None) -> str | None:
-    from vlm_rl.learner.disk import free_bytes, need_message, with_margin
+    from vlm_rl.learner.disk import free_bytes, need_message, usable_bytes, with_margin
 
     if not expected:
         return None
-    need, free = with_margin(expected), free_bytes(root)
-    return f"{name}: {need_message(need, free, root)}" if need > free else None
+    need, usable = with_margin(expected), usable_bytes(root)
+    return f"{name}: {need_message(need, free_bytes(root), root, usable=usable)}" if need > usable else None
 
 
 def _manifest(folder: Path) -> dict[str, int]:

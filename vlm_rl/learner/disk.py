@@ -8,9 +8,11 @@ is re-raised with the same numbers.
 
 What one checkpoint holds (``checkpoint_size``), per trainable parameter T and all parameters P:
 
-* optimizer state: fp32 master weights (4 bytes, only under bf16) + Adam's two fp32 moments (8);
+* optimizer state: ZeRO's fp32 copy of the weights (4 bytes: the master copy under bf16) + Adam's two fp32
+  moments (8);
 * the module's weights in DeepSpeed's model file: T x 2 (bf16) or 4 (fp32); frozen weights are not saved
-  (``exclude_frozen_parameters``: a LoRA checkpoint holds the adapter, not the base model);
+  (``exclude_frozen_parameters``: a LoRA checkpoint holds the adapter, not the base model, except a tied
+  ``lm_head``, vocab x hidden, which DeepSpeed keeps under its second name);
 * the exported trainable weights (``model.safetensors`` / ``adapter_model.safetensors``): T x 2 or 4;
 * the KL reference (full fine-tuning, beta > 0, after an SFT warm-up): P x 2 or 4, written once and
   hard-linked into every later checkpoint, so counted once for the run.
@@ -28,7 +30,6 @@ True
 
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +83,10 @@ def checkpoint_size(config: BaseConfig, spec=None) -> CheckpointSize:
     params = float(spec.params)
     trainable = lora_params(spec, config.lora_r) if config.lora_r > 0 else params
     weight = 2 if config.bf16 else 4
-    optimizer = (4 if config.bf16 else 0) + 8  # fp32 master (mixed precision only) + Adam m and v
+    optimizer = 4 + 8  # ZeRO's fp32 partition of the weights (the master copy under bf16) + Adam m and v
     state = trainable * (weight + optimizer)
+    if config.lora_r > 0:  # DeepSpeed keeps a tied lm_head in the module file (its name is no parameter's)
+        state += float(spec.vocab) * spec.hidden * weight
     export = trainable * weight
     reference = params * weight if saves_reference(config) else 0.0
     final = params * weight if not hasattr(config, "num_generations") else 0.0  # SFT/DPO merge to final/
@@ -115,10 +118,32 @@ def free_bytes(path: str | Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def need_message(need: float, free: float, where: str | Path, what: str = "a checkpoint") -> str:
-    return (f"{what} needs {need / GB:.1f} GB, {free / GB:.1f} GB are free at {where}: lower keep_checkpoints, "
-            f"save LoRA only (lora_r > 0), or free space (disk_check=false skips this check, e.g. on a "
-            f"filesystem that misreports its free space)")
+#: Ray stops creating and moving objects once a node's disk is this full (``local_fs_capacity_threshold``):
+#: a driver then waits forever ("Attempting to recover N lost objects"), which is how the GPU runs of issue 23
+#: hung after their last checkpoint at 96 % full. Checkpoints must leave the disk below it.
+RAY_DISK_THRESHOLD_ENV = "RAY_local_fs_capacity_threshold"
+
+
+def usable_bytes(path: str | Path) -> int:
+    """Free bytes at ``path`` that checkpoints may fill: what is free, less what Ray needs to stay under its
+    disk-full threshold (5 % of the disk by default)."""
+    import os
+
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    usage = shutil.disk_usage(path)
+    threshold = min(max(float(os.environ.get(RAY_DISK_THRESHOLD_ENV, "0.95")), 0.0), 1.0)
+    return max(0, int(usage.free - (1.0 - threshold) * usage.total))
+
+
+def need_message(need: float, free: float, where: str | Path, what: str = "a checkpoint",
+                 usable: float | None = None) -> str:
+    ray_note = "" if usable is None or usable >= free else (
+        f" ({usable / GB:.1f} GB of it usable: above 95 % full, Ray stops storing objects and a run hangs)")
+    return (f"{what} needs {need / GB:.1f} GB, {free / GB:.1f} GB are free at {where}{ray_note}: lower "
+            f"keep_checkpoints, save LoRA only (lora_r > 0), or free space (disk_check=false skips this check, "
+            f"e.g. on a filesystem that misreports its free space)")
 
 
 def with_margin(nbytes: float) -> float:
@@ -136,12 +161,12 @@ def ensure_disk_space(config: BaseConfig, spec=None) -> CheckpointSize | None:
         return None
     count = checkpoints_written(config)
     need = with_margin(run_need(size, count))
-    free = free_bytes(config.output_dir)
-    if need > free:
+    free, usable = free_bytes(config.output_dir), usable_bytes(config.output_dir)
+    if need > usable:
         what = (f"the run's checkpoints ({count} x {size.per_checkpoint / GB:.1f} GB"
                 + (f" + the KL reference {size.reference / GB:.1f} GB" if size.reference else "")
                 + (f" + the final export {size.final / GB:.1f} GB" if size.final else "") + ")")
-        raise DiskSpaceError(f"output_dir: {need_message(need, free, config.output_dir, what)}")
+        raise DiskSpaceError(f"output_dir: {need_message(need, free, config.output_dir, what, usable)}")
     return size
 
 
@@ -157,7 +182,3 @@ def directory_bytes(path: str | Path) -> int:
             seen.add((st.st_dev, st.st_ino))
             total += st.st_size
     return total
-
-
-def ceil_gb(nbytes: float) -> float:
-    return math.ceil(nbytes / GB * 10) / 10

@@ -74,12 +74,13 @@ def test_run_that_cannot_fit_the_disk_is_refused_before_ray(tmp_path, tiny_model
 
 def test_checkpoint_size_full_vs_lora():
     """~14 bytes per trainable parameter under bf16 (2 weights + 4 fp32 master + 8 Adam) + the export; LoRA:
-    the adapter only. The 2B architecture (2.13 B parameters) from its known size."""
+    the adapter. The 2B architecture (2.13 B parameters) from its known size."""
     full = checkpoint_size(GRPOConfig(model_path="Qwen/Qwen3-VL-2B-Instruct", lora_r=0, bf16=True, use_gpu=True))
     assert full.state == pytest.approx(14 * 2.13e9) and full.export == pytest.approx(2 * 2.13e9)
     assert 33 < full.per_checkpoint / GB < 35
     lora = checkpoint_size(GRPOConfig(model_path="Qwen/Qwen3-VL-2B-Instruct", lora_r=64, bf16=True, use_gpu=True))
-    assert lora.per_checkpoint < full.per_checkpoint / 20
+    # the adapter (~35 M parameters at r=64) + the tied lm_head DeepSpeed keeps (151,936 x 2048): ~1.7 GB
+    assert 1.5 < lora.per_checkpoint / GB < 2.0
     warm = checkpoint_size(GRPOConfig(model_path="Qwen/Qwen3-VL-2B-Instruct", lora_r=0, bf16=True, use_gpu=True,
                                       sft_warmup_steps=4, beta=0.04))
     assert warm.reference == pytest.approx(2 * 2.13e9)  # the KL reference, once per run

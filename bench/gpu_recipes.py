@@ -41,6 +41,12 @@ class Run:
     arch: str  # random-weight architecture (see build_model)
     overrides: list[str] = field(default_factory=list)
     note: str = ""
+    fault: str = ""  # "learner" / "actor": SIGKILL that process once ``fault_step`` is logged and checkpointed
+    fault_step: int = 3
+
+    @property
+    def name(self) -> str:
+        return self.recipe.removesuffix(".yaml") + (f"-kill-{self.fault}" if self.fault else "")
 
 
 #: Every GRPO run: a few steps, evaluation every 2, pictures every 2, a checkpoint every 2 steps (16 samples).
@@ -69,6 +75,17 @@ MATRIX = [
              "with Adam does not fit one GPU"),
     Run("grpo-qwen3vl-8b-1n1g-colocated.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + ["gpus_per_learner=1"]),
     Run("grpo-qwen3vl-8b-1n2g-lora-async.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + SHARED_GPU),
+]
+#: Faults: a learner worker, and separately the rollout actor, SIGKILLed after step 3 of 6 (a checkpoint every 2
+#: steps), in the ZeRO-3 run (a 2B-family model cut to 8 decoder layers, so two full-weight checkpoints fit a 64 GB
+#: disk) and in the asynchronous LoRA run. Each must resume from its last checkpoint by itself and finish.
+FAULT_SIZE = ["num_steps=6", "save_every_samples=16", "keep_checkpoints=1", "eval_steps=0", "log_images_every=0"]
+FAULTS = [
+    Run("grpo-qwen3vl-8b-1n8g-zero3.yaml", "grpo", "qwen3-vl-2b-8l", GRPO_SIZE + SHARED_GPU + FAULT_SIZE, fault=kind)
+    for kind in ("learner", "actor")
+] + [
+    Run("grpo-qwen3vl-8b-1n2g-lora-async.yaml", "grpo", "qwen3-vl-2b", GRPO_SIZE + SHARED_GPU + FAULT_SIZE, fault=kind)
+    for kind in ("learner", "actor")
 ]
 CPU_SIZE = ["use_gpu=false", "bf16=false", "save_every_samples=4", "max_image_size=128", "synthetic_train_size=8",
             "synthetic_val_size=2", "cpus_per_learner=0.5", "compile_layers=false", "micro_batch_size=0"]
@@ -103,14 +120,30 @@ def build_model(arch: str, root: Path) -> str:
     out = root / arch
     if (out / "config.json").is_file():
         return str(out)
+    if arch == "qwen3-vl-2b-8l":
+        return str(_build(out, "qwen3_vl", _qwen3_vl_2b_8l_config()))
     if arch.startswith("qwen3-vl"):
         from bench.throughput_common import build_model_dir
 
         key = {"qwen3-vl-2b": "2b", "qwen3-vl-8b": "8b"}[arch]
         return str(build_model_dir(key, root, "cuda"))
-    import torch
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+    return str(_build(out, "qwen2_5_vl", qwen25_vl_2b_config()))
 
+
+def _qwen3_vl_2b_8l_config():
+    """Qwen3-VL-2B's published config with 8 of its 28 decoder layers (deepstack kept on the vision side)."""
+    from vlm_rl.models.tiny import real_architecture_config
+
+    config = real_architecture_config("qwen3-vl-2b")
+    config.text_config.num_hidden_layers = 8
+    return config
+
+
+def _build(out: Path, family: str, config) -> Path:
+    import torch
+    from transformers import GenerationConfig
+
+    from vlm_rl.models.families import model_class
     from vlm_rl.models.processor import make_processor
     from vlm_rl.models.tiny import _BOS, _EOS, _PAD
     from vlm_rl.models.tokenizer import load_qwen_tokenizer
@@ -118,21 +151,35 @@ def build_model(arch: str, root: Path) -> str:
     t0 = time.perf_counter()
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = Qwen2_5_VLForConditionalGeneration(qwen25_vl_2b_config()).to(torch.bfloat16)
+        model = model_class(family)(config).to(torch.bfloat16)
     model.generation_config = GenerationConfig(bos_token_id=_BOS, eos_token_id=[_EOS, _PAD], pad_token_id=_PAD)
     model.save_pretrained(out, safe_serialization=True)
-    make_processor(load_qwen_tokenizer("qwen2_5_vl"), "qwen2_5_vl").save_pretrained(out)
+    make_processor(load_qwen_tokenizer(family), family).save_pretrained(out)
     del model
     torch.cuda.empty_cache()
-    print(f"built {arch} in {time.perf_counter() - t0:.1f}s -> {out}", flush=True)
-    return str(out)
+    print(f"built {out.name} in {time.perf_counter() - t0:.1f}s -> {out}", flush=True)
+    return out
 
 
 # -- the cluster ----------------------------------------------------------------------------------------
-def start_cluster(state_dir: Path, gpus: int, cpus: int) -> dict:
-    """`start-local-cluster.sh` as cluster/README.md §1 runs it; returns the client env its env.sh sets."""
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_cluster(state_dir: Path, gpus: int, cpus: int, own_ports: bool = False) -> dict:
+    """`start-local-cluster.sh` as cluster/README.md §1 runs it; returns the client env its env.sh sets.
+    ``own_ports``: free ports for Ray's agents too (a machine where another Ray runs, e.g. the CPU dry run)."""
     env = {**os.environ, "VLMRL_LOCAL_DIR": str(state_dir)}
     flags = [f"--num-cpus={cpus}"] + ([f"--num-gpus={gpus}"] if gpus else [])
+    if own_ports:
+        env.update(RAY_PORT=str(free_port()), DASHBOARD_PORT=str(free_port()), MLFLOW_PORT=str(free_port()),
+                   RAY_CLIENT_PORT=str(free_port()))
+        flags += [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                  f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     subprocess.run(["bash", str(REPO / "cluster/local/start-local-cluster.sh"), *flags], env=env, check=True,
                    cwd=REPO)
     for line in (state_dir / "env.sh").read_text().splitlines():
@@ -151,7 +198,14 @@ def submit(env: dict, entry: str, args: list[str]) -> str:
     cmd = ["ray", "job", "submit", "--address", env["VLMRL_RAY_ADDRESS"], "--runtime-env",
            "ray_jobs/runtime_env.yaml", "--no-wait", "--", "python", "-m", f"ray_jobs.{entry}", *args]
     print("$", " ".join(cmd), flush=True)
-    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for _ in range(30):  # the job agent answers some seconds after `ray start` returns
+        done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+        if "No available agent" not in done.stdout + done.stderr:
+            break
+        time.sleep(4.0)
+    if done.returncode:
+        raise RuntimeError(f"ray job submit exited {done.returncode}: {(done.stdout + done.stderr)[-2000:]}")
+    out = done.stdout
     match = re.search(r"(raysubmit_\w+)", out)
     if not match:
         raise RuntimeError(f"no submission id in: {out[-1000:]}")
@@ -165,15 +219,18 @@ def job_client(env: dict):
     return JobSubmissionClient(env["VLMRL_RAY_ADDRESS"])
 
 
-def wait_job(client, job_id: str, timeout_s: float, log_path: Path) -> tuple[str, float]:
-    """Poll until the job is terminal or ``timeout_s`` passes; mirrors its log to ``log_path``."""
+def wait_job(client, job_id: str, timeout_s: float, log_path: Path, on_poll=None) -> tuple[str, float]:
+    """Poll until the job is terminal or ``timeout_s`` passes (calling ``on_poll()`` each time); mirrors its
+    log to ``log_path``."""
     t0 = time.time()
     status = "PENDING"
     while time.time() - t0 < timeout_s:
         status = str(client.get_job_status(job_id)).split(".")[-1]
         if status in ("SUCCEEDED", "FAILED", "STOPPED"):
             break
-        time.sleep(3.0)
+        if on_poll:
+            on_poll()
+        time.sleep(2.0)
     log_path.write_text(client.get_job_logs(job_id))
     return status, time.time() - t0
 
@@ -185,6 +242,40 @@ def driver_stack(client, job_id: str) -> str:
     if not pid or not shutil.which("py-spy"):
         return ""
     return subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True).stdout[-6000:]
+
+
+class Fault:
+    """SIGKILL the run's learner worker(s) or rollout actor once step ``at_step`` is logged and a checkpoint
+    exists (found through Ray's state API, as an operator would with `ray list actors`)."""
+
+    CLASSES = {"learner": "RayTrainWorker", "actor": "RolloutWorker"}
+
+    def __init__(self, kind: str, at_step: int, output_dir: Path, dashboard: str):
+        self.kind, self.at_step, self.output_dir, self.dashboard = kind, at_step, output_dir, dashboard
+        self.record: dict = {}
+
+    def __call__(self) -> None:
+        if self.record:
+            return
+        steps = logged_steps(self.output_dir)
+        if not steps or max(steps) < self.at_step or not list(self.output_dir.glob("checkpoint-samples-*[0-9]")):
+            return
+        from ray.util.state import list_actors
+
+        alive = list_actors(address=self.dashboard, filters=[("class_name", "=", self.CLASSES[self.kind]),
+                                                             ("state", "=", "ALIVE")])
+        pids = [a.pid for a in alive if a.pid]
+        for pid in pids:
+            os.kill(pid, 9)
+        self.record = {"fault": f"{self.kind} ({self.CLASSES[self.kind]}) SIGKILLed after step {max(steps)}",
+                       "killed_pids": pids, "steps_before": steps, "killed_at": time.time(),
+                       "checkpoints_then": sorted(p.name for p in self.output_dir.glob("checkpoint-samples-*"))}
+        print(f"[fault] {self.record['fault']}: pids {pids}", flush=True)
+
+
+def logged_steps(output_dir: Path) -> list[int]:
+    """GRPO steps in metrics.jsonl in the order logged (one ``loss`` row per step the learner ran)."""
+    return [int(r["step"]) for r in read_metrics(output_dir) if r.get("name") == "loss"]
 
 
 # -- what a run left behind -------------------------------------------------------------------------------
@@ -268,17 +359,18 @@ def run_matrix(args) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.is_file() and args.append else []
-    env = start_cluster(work / "cluster", gpus=0 if args.cpu else 1, cpus=args.cpus)
+    env = start_cluster(work / "cluster", gpus=0 if args.cpu else 1, cpus=args.cpus, own_ports=args.cpu)
     try:
         client = job_client(env)
-        chosen = [r for r in MATRIX if not args.recipes or any(n in r.recipe for n in args.recipes)]
+        runs = FAULTS if args.faults else MATRIX
+        chosen = [r for r in runs if not args.recipes or any(n in r.recipe for n in args.recipes)]
         for run in chosen:
             left = args.deadline - (time.time() - STARTED)
             if left < 150:
                 print(f"skipping {run.recipe}: {left:.0f} s left in this call", flush=True)
                 continue
             args.job_timeout = min(args.job_timeout, left - 30)
-            results = [r for r in results if r["recipe"] != run.recipe] + [one_job(run, args, work, env, client)]
+            results = [r for r in results if r.get("name", r["recipe"]) != run.name] + [one_job(run, args, work, env, client)]
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out_path.write_text(json.dumps(results, indent=2, default=str))
             if args.cleanup:
@@ -289,14 +381,15 @@ def run_matrix(args) -> list[dict]:
 
 
 def one_job(run: Run, args, work: Path, env: dict, client) -> dict:
-    name = run.recipe.removesuffix(".yaml")
+    name = run.name
     output_dir = work / "runs" / name
     shutil.rmtree(output_dir, ignore_errors=True)
     t_model = time.perf_counter()
     model = build_model("tiny" if args.cpu else run.arch, work / "models")
     model_s = time.perf_counter() - t_model
     cpu = (CPU_SIZE + (CPU_GRPO_SIZE if run.entry == "grpo" else ["max_steps=2"])) if args.cpu else []
-    overrides = list(run.overrides) + cpu + [f"output_dir={output_dir}"]
+    overrides = list(run.overrides) + cpu + (["num_steps=6", "save_every_samples=4"] if cpu and run.fault else [])
+    overrides += [f"output_dir={output_dir}"]
     extra: dict = {"arch": "tiny-qwen3-vl" if args.cpu else run.arch, "note": run.note, "model_build_s": model_s}
     if run.entry == "dpo":
         sft_final = work / "runs" / "sft-qwen3vl-2b-lora" / "final"
@@ -312,11 +405,15 @@ def one_job(run: Run, args, work: Path, env: dict, client) -> dict:
     if run.entry == "grpo" and "colocated" not in run.recipe and not args.cpu:
         overrides.append("eval_on_start=true")
     config = str(RECIPES.relative_to(REPO) / run.recipe)
-    entry = {"recipe": run.recipe, "entry": f"ray_jobs.{run.entry}", "ok": False, "exit": None, "error": None}
+    entry = {"recipe": run.recipe, "name": run.name, "entry": f"ray_jobs.{run.entry}", "ok": False, "exit": None,
+             "error": None}
     started = time.time()
     try:
         job_id = submit(env, run.entry, ["--config", config, *overrides])
-        status, waited = wait_job(client, job_id, args.job_timeout, work / f"{name}.log")
+        fault = Fault(run.fault, run.fault_step, output_dir, env["VLMRL_RAY_ADDRESS"]) if run.fault else None
+        status, waited = wait_job(client, job_id, args.job_timeout, work / f"{name}.log", on_poll=fault)
+        if fault:
+            entry.update(fault_result(fault, output_dir))
         log = (work / f"{name}.log").read_text()
         entry.update(job_id=job_id, status=status)
         if status not in ("SUCCEEDED", "FAILED", "STOPPED"):
@@ -346,6 +443,21 @@ def one_job(run: Run, args, work: Path, env: dict, client) -> dict:
     return entry
 
 
+def fault_result(fault: Fault, output_dir: Path) -> dict:
+    """Did the run resume by itself and finish, with every step once in its history?"""
+    out = dict(fault.record or {"fault": f"{fault.kind}: not injected (step {fault.at_step} never logged)"})
+    if fault.record:
+        out["recovered_s"] = (output_dir / "summary.json").stat().st_mtime - fault.record["killed_at"] \
+            if (output_dir / "summary.json").is_file() else None
+    out["steps_logged_in_order"] = logged_steps(output_dir)
+    summary = output_dir / "summary.json"
+    if summary.is_file():
+        history = [row["step"] for row in json.loads(summary.read_text()).get("history", [])]
+        out["history_steps"] = history
+        out["history_one_row_per_step"] = history == list(range(1, len(history) + 1))
+    return out
+
+
 def dpo_pairs(work: Path, env: dict) -> str | None:
     """`vlm-rl dpo-data` on the GRPO 2B run's rollouts; None when they rank no pair (random weights mostly
     score 0 everywhere), and the DPO job then makes its documented synthetic pairs."""
@@ -362,10 +474,10 @@ def dpo_pairs(work: Path, env: dict) -> str | None:
 
 def cleanup(run: Run, work: Path) -> None:
     """Full-weight checkpoints are tens of GB: drop them once measured (the SFT export feeds DPO, kept)."""
-    output_dir = work / "runs" / run.recipe.removesuffix(".yaml")
+    output_dir = work / "runs" / run.name
     for ckpt in output_dir.glob("checkpoint-samples-*"):
         shutil.rmtree(ckpt, ignore_errors=True)
-    later_8b = any(r.arch == "qwen3-vl-8b" for r in MATRIX[MATRIX.index(run) + 1:])
+    later_8b = run in MATRIX and any(r.arch == "qwen3-vl-8b" for r in MATRIX[MATRIX.index(run) + 1:])
     if run.arch == "qwen3-vl-8b" and not later_8b:
         shutil.rmtree(work / "models" / "qwen3-vl-8b", ignore_errors=True)
 
@@ -381,6 +493,7 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=1e9, help="seconds this call may take: later recipes "
                         "are skipped rather than cut off (the lent GPU machine runs 10-minute commands)")
     parser.add_argument("--cpu", action="store_true", help="dry run: tiny model, CPU only")
+    parser.add_argument("--faults", action="store_true", help="the fault runs (FAULTS) instead of the matrix")
     parser.add_argument("--no-cleanup", dest="cleanup", action="store_false")
     args = parser.parse_args()
     results = run_matrix(args)

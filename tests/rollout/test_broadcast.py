@@ -82,3 +82,36 @@ def test_a_killed_actor_still_gets_the_weights_and_a_new_group_forms(pool):
     _assert_every_actor_holds(pool, again)
     assert pool._group is not first_group and pool.last_sync["weight_sync/actors_broadcast"] == 2
     assert pool.versions() == [11, 11]
+
+
+def test_a_broadcast_that_cannot_finish_is_aborted_in_bounded_time():
+    """The sender never blocks on a member that does not take part (a dead or stuck actor): it aborts the
+    group after ``timeout_s``, or as soon as ``lost()`` says a member is gone, and raises. (The same code path
+    guards NCCL, whose plain ``wait()`` would block until its watchdog ends the learner process.)"""
+    import threading
+
+    from vlm_rl.rollout import broadcast
+
+    store = broadcast.open_store("127.0.0.1", 2, 30)
+    receiver: dict = {}
+    joiner = threading.Thread(target=lambda: receiver.setdefault(
+        "group", broadcast.BroadcastGroup.join("127.0.0.1", store.port, 1, 2, "gloo", timeout_s=30)))
+    joiner.start()
+    sender = broadcast.BroadcastGroup(store, 0, 2, "gloo", timeout_s=30)
+    joiner.join(30)
+    buffer = torch.arange(1 << 20, dtype=torch.uint8)
+    t0 = time.monotonic()
+    with pytest.raises(broadcast.BroadcastTimeout, match="not done after 1 s"):
+        sender.broadcast(buffer, timeout_s=1.0)  # the receiver never calls broadcast
+    assert time.monotonic() - t0 < 5 and sender._pg is None  # aborted, not left to the backend's 30 s
+
+    store2 = broadcast.open_store("127.0.0.1", 2, 30)
+    joiner = threading.Thread(target=lambda: receiver.__setitem__(
+        "group", broadcast.BroadcastGroup.join("127.0.0.1", store2.port, 1, 2, "gloo", generation=1, timeout_s=30)))
+    joiner.start()
+    sender = broadcast.BroadcastGroup(store2, 0, 2, "gloo", generation=1, timeout_s=30)
+    joiner.join(30)
+    t0 = time.monotonic()
+    with pytest.raises(broadcast.BroadcastTimeout, match="lost mid-broadcast"):
+        sender.broadcast(buffer, lost=lambda: True)  # e.g. the receiver's Ray call ended in ActorDiedError
+    assert time.monotonic() - t0 < 2

@@ -16,11 +16,21 @@ from __future__ import annotations
 
 import datetime
 import socket
+import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
 BACKENDS = ("nccl", "gloo")
+
+
+#: Aborted gloo groups, kept referenced until the process ends (see ``BroadcastGroup.abort``).
+_ABANDONED: list = []
+
+
+class BroadcastTimeout(RuntimeError):
+    """A broadcast did not complete in time, or a member was lost during it; the group was aborted."""
 
 
 def _timeout(seconds: float) -> datetime.timedelta:
@@ -54,9 +64,14 @@ class BroadcastGroup:
         if not 0 <= rank < world_size:
             raise ValueError(f"broadcast group: rank {rank} outside a group of {world_size}")
         self.rank, self.world_size, self.backend = rank, world_size, backend
+        self.timeout_s = timeout_s
         prefixed = dist.PrefixStore(f"vlm_rl_weights_{generation}", store)
         if backend == "nccl":
-            self._pg = dist.ProcessGroupNCCL(prefixed, rank, world_size)
+            # NCCL's own watchdog gets twice our deadline: ``broadcast`` gives up (and aborts the communicator)
+            # first, so the watchdog never tears the learner process down over a lost rollout actor.
+            options = dist.ProcessGroupNCCL.Options()
+            options._timeout = _timeout(2 * timeout_s)
+            self._pg = dist.ProcessGroupNCCL(prefixed, rank, world_size, options)
         else:
             self._pg = dist.ProcessGroupGloo(prefixed, rank, world_size, _timeout(timeout_s))
         self._store = store  # the store must outlive the group (the sender's is also the server)
@@ -73,14 +88,46 @@ class BroadcastGroup:
         """Where this member's buffers must live: its current GPU for NCCL, the CPU for gloo."""
         return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
 
-    def broadcast(self, buffer: torch.Tensor) -> torch.Tensor:
-        """Rank 0's ``buffer`` lands in every member's ``buffer`` (same size); blocks until this member is done."""
+    def broadcast(self, buffer: torch.Tensor, timeout_s: float | None = None,
+                  lost: Callable[[], bool] | None = None) -> torch.Tensor:
+        """Rank 0's ``buffer`` lands in every member's ``buffer`` (same size); blocks until this member is done.
+
+        Bounded: after ``timeout_s`` (the group's by default), or as soon as ``lost()`` says a member is gone,
+        the group is aborted and :class:`BroadcastTimeout` raised. A plain ``wait()`` would block the sender
+        until NCCL's watchdog fires, which then takes the whole process down with it.
+        """
         if buffer.device.type != self.device.type:
             raise ValueError(f"broadcast over {self.backend} needs the buffer on {self.device}, not {buffer.device}")
-        self._pg.broadcast(buffer, 0).wait()
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        work = self._pg.broadcast(buffer, 0)
+        pause = 0.0005
+        while not work.is_completed():
+            gone = lost is not None and lost()
+            if gone or time.monotonic() > deadline:
+                self.abort()
+                raise BroadcastTimeout("a member of the weight group was lost mid-broadcast" if gone else
+                                       f"weight broadcast not done after {self.timeout_s if timeout_s is None else timeout_s:.0f} s")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        work.wait()  # raises the backend's own error, if it had one
         if self.backend == "nccl":
             torch.cuda.current_stream().synchronize()
         return buffer
+
+    def abort(self) -> None:
+        """Tear the group down without waiting for its members (a lost peer would block a clean shutdown)."""
+        pg, self._pg = self._pg, None
+        if pg is None:
+            return
+        if self.backend != "nccl":
+            # gloo cannot abort: its shutdown (and its destructor) wait out the pending operation's own timeout.
+            # Park it; its background work ends by itself at that timeout.
+            _ABANDONED.append(pg)
+            return
+        try:
+            pg.abort()  # ncclCommAbort: returns at once, whatever the members do
+        except Exception:  # noqa: BLE001 - a broken communicator may refuse even this; it is dropped either way
+            pass
 
     def close(self) -> None:
         pg, self._pg = self._pg, None

@@ -25,6 +25,10 @@ from vlm_rl.rollout.worker import RolloutWorker
 
 log = logging.getLogger(__name__)
 _ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
+#: How long an actor may take to load an update sent to it: behind the generates already queued on it (an 8B
+#: step of long completions takes minutes), so generous; but bounded, so a lost update ends the run in error
+#: instead of hanging it (issue 23).
+ACK_TIMEOUT_S = 1800.0
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
@@ -137,12 +141,34 @@ class RolloutPool:
         sequence, self._broadcasts = self._broadcasts, self._broadcasts + 1
         receipts = [(w, w.receive_weights.remote(entries, buffer.numel(), version, sequence)) for w in workers]
         try:
-            self._group.broadcast(buffer)
+            # A receipt that resolves while the broadcast is still running means that actor died (or failed)
+            # mid-broadcast: NCCL would wait for it until its watchdog ends the process, so abort at once.
+            self._group.broadcast(buffer, timeout_s=self.broadcast_timeout_s, lost=self._lost(receipts))
         except Exception as exc:  # noqa: BLE001 - gloo/NCCL raise plain RuntimeErrors on a lost member
             log.warning("weight broadcast failed (%s); this sync goes through the object store", exc)
             self._close_group()
             return [], list(workers), buffer.numel()
         return receipts, [], buffer.numel()
+
+    @staticmethod
+    def _lost(receipts: list):
+        """A check, cheap enough to poll, of whether any receiver's call has already ended (it died)."""
+        refs = [ref for _, ref in receipts]
+        last = [0.0]
+
+        def lost() -> bool:
+            now = time.monotonic()
+            if now - last[0] < 0.5:
+                return False
+            last[0] = now
+            for ref in ray.wait(refs, num_returns=len(refs), timeout=0)[0]:
+                try:  # a receiver may be done already (received and loaded): only an error means lost
+                    ray.get(ref, timeout=0)
+                except Exception:  # noqa: BLE001 - RayActorError, or the receiver's own failure
+                    return True
+            return False
+
+        return lost
 
     def _ensure_group(self, workers: list) -> None:
         """Form the broadcast group (sender = rank 0) unless the current one still has the same members."""
@@ -194,7 +220,10 @@ class RolloutPool:
         pending, staged, ipc = self._syncs.pop(0)
         for worker, done in pending:
             try:
-                ray.get(done)
+                ray.get(done, timeout=ACK_TIMEOUT_S)
+            except ray.exceptions.GetTimeoutError as exc:  # never a silent hang at the end of a run (issue 23)
+                raise RuntimeError(f"a rollout actor did not acknowledge weights version {self.version} within "
+                                   f"{ACK_TIMEOUT_S:.0f} s: it is stuck (see its log in the Ray dashboard)") from exc
             except _ACTOR_ERRORS as exc:  # died mid-sync: Ray restarts it with base weights, so send again
                 self.restarts_seen += 1
                 self._actor_gpus = None

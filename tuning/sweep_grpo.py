@@ -33,8 +33,12 @@ from vlm_rl.commands._common import load_config_with_hints, normalise_tokens
 from vlm_rl.config import ConfigError, GRPOConfig
 
 #: Trial table columns besides the knobs.
-SCORE_COLUMNS = ("objective", "reward_gain", "kl_out_of_band", "loss_oscillation", "reward_collapse", "alarms",
+SCORE_COLUMNS = ("objective", "val_map50", "reward_gain", "kl_out_of_band", "loss_oscillation", "reward_collapse", "alarms",
                  "warnings", "step", "reward", "samples_per_hour")
+
+
+#: What ASHA may compare trials by (``--stop-on``).
+STOP_ON = ("objective", "val_map50")
 
 
 class UnstableStopper(Stopper):
@@ -192,8 +196,20 @@ def run_sweep(
     reduction_factor: int = 2,
     weights: ObjectiveWeights = ObjectiveWeights(),
     seed: int = 0,
+    stop_on: str = "objective",
 ) -> dict[str, Any]:
-    """Run the sweep; returns ``{parent_run_id, rows, best, recommended_path, sweep_dir}``."""
+    """Run the sweep; returns ``{parent_run_id, rows, best, recommended_path, sweep_dir}``.
+
+    ``stop_on``: what ASHA compares trials by at each rung: ``objective`` (reward gain, penalised for KL and
+    instability) or ``val_map50`` (the latest val mAP@0.5: needs ``eval_steps`` and ``val_data``; each trial
+    then also evaluates before its first step, so every report carries one).
+    """
+    if stop_on not in STOP_ON:
+        raise ConfigError(f"--stop-on: expected one of {STOP_ON}, got {stop_on!r}")
+    if stop_on == "val_map50":
+        if not base.eval_steps:
+            raise ConfigError("--stop-on val_map50: needs eval_steps > 0 (the trials must evaluate on val_data)")
+        base = base.model_copy(update={"eval_on_start": True})
     from mlflow.tracking import MlflowClient
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -217,7 +233,8 @@ def run_sweep(
                         tags={"vlm_rl.kind": "sweep", "vlm_rl.algorithm": "grpo"})
     parent.log_params({
         **{f"space.{k}": v for k, v in describe_space(space).items()},
-        "num_samples": num_samples, "scheduler": f"ASHA(time_attr=step, grace={grace_period}, rf={reduction_factor})",
+        "num_samples": num_samples,
+        "scheduler": f"ASHA(time_attr=step, metric={stop_on}, grace={grace_period}, rf={reduction_factor})",
         "max_concurrent_trials": max_concurrent_trials, "objective": json.dumps(weights.__dict__),
         **{f"base.{k}": v for k, v in base.model_dump(mode="json").items() if k not in knobs},
     })
@@ -233,7 +250,7 @@ def run_sweep(
         tune_config=tune.TuneConfig(
             # the concurrency limit lives in the search algorithm below; Tune ignores (and warns about)
             # max_concurrent_trials next to a BasicVariantGenerator
-            metric="objective", mode="max", num_samples=num_samples,
+            metric=stop_on, mode="max", num_samples=num_samples,
             scheduler=ASHAScheduler(time_attr="step", max_t=base.num_steps, grace_period=grace_period,
                                     reduction_factor=reduction_factor),
             search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent_trials),
@@ -308,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grace-period", type=int, default=1, help="ASHA: steps before a trial may be stopped")
     parser.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep 1/N of trials at each rung")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search (trials keep the config's seed)")
+    parser.add_argument("--stop-on", choices=STOP_ON, default="objective",
+                        help="what ASHA stops trials on: the objective, or the latest val mAP@0.5 (needs eval_steps)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the base config")
     return parser
 
@@ -322,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--num-samples: must be at least 1, got {args.num_samples}")
         result = run_sweep(base, space, num_samples=args.num_samples, sweep_dir=args.sweep_dir,
                            max_concurrent_trials=args.max_concurrent, grace_period=args.grace_period,
-                           reduction_factor=args.reduction_factor, seed=args.seed)
+                           reduction_factor=args.reduction_factor, seed=args.seed, stop_on=args.stop_on)
     except ConfigError as exc:  # a bad config, or a sweep the cluster cannot fit
         print(f"tuning.sweep_grpo: {exc}", file=sys.stderr)
         return 2

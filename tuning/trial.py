@@ -52,13 +52,41 @@ def read_step_rows(path: Path) -> dict[int, dict[str, float]]:
     return rows
 
 
+def read_val_map(path: Path) -> dict[int, float]:
+    """``{step: val mAP@0.5}`` of the run's evaluations (step 0 = ``eval_on_start``)."""
+    found: dict[int, float] = {}
+    if not path.is_file():
+        return found
+    for line in path.read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if item.get("name") == "eval/mAP_50":
+            found[int(item["step"])] = float(item["value"])
+    return found
+
+
+def latest_at(values: Mapping[int, float], step: int) -> float | None:
+    """The value logged at the latest step <= ``step`` (evaluations come every ``eval_steps``).
+
+    >>> latest_at({0: 0.1, 5: 0.3}, 7), latest_at({0: 0.1, 5: 0.3}, 4), latest_at({}, 3)
+    (0.3, 0.1, None)
+    """
+    before = [s for s in values if s <= step]
+    return values[max(before)] if before else None
+
+
 def step_report(step: int, history: list[dict], beta: float, health: list[str], weights: ObjectiveWeights,
-                extra: Mapping[str, Any]) -> dict[str, Any]:
-    """What Tune sees after ``step``: the score so far plus the step's headline metrics."""
+                extra: Mapping[str, Any], val_map: Mapping[int, float] | None = None) -> dict[str, Any]:
+    """What Tune sees after ``step``: the score so far, the latest val mAP@0.5 (when the run evaluates: ASHA
+    can stop on it) and the step's headline metrics."""
     row = history[-1]
     score = score_history(history, beta=beta, health=health, weights=weights)
+    current_map = latest_at(val_map or {}, step)
     return {
         "step": step, **score.as_metrics(),
+        **({"val_map50": current_map} if current_map is not None else {}),
         "reward": row.get("reward/total"), "loss": row.get("loss"), "kl": row.get("kl"),
         "samples_per_hour": row.get("samples_per_hour"), **extra,
     }
@@ -98,7 +126,8 @@ def grpo_trial(knobs: dict, *, base: dict, sweep_dir: str, parent_run_id: str | 
         complete = sorted(s for s in rows if s < max(rows, default=0) and s > reported)
         for step in complete:
             history = [rows[s] for s in sorted(rows) if s <= step]
-            tune.report(step_report(step, history, config.beta, [], weights, {**extra, **_run_id(output_dir)}))
+            tune.report(step_report(step, history, config.beta, [], weights, {**extra, **_run_id(output_dir)},
+                                    read_val_map(metrics_file)))
             reported = step
     if "error" in outcome:
         raise outcome["error"]
@@ -110,7 +139,7 @@ def grpo_trial(knobs: dict, *, base: dict, sweep_dir: str, parent_run_id: str | 
             continue
         final = i == len(history) - 1
         tune.report(step_report(step, history[: i + 1], config.beta, summary["health"] if final else [], weights,
-                                {**extra, "run_id": summary["run_id"], "finished": final}))
+                                {**extra, "run_id": summary["run_id"], "finished": final}, read_val_map(metrics_file)))
     if not history:
         raise RuntimeError(f"{name}: the GRPO run finished without a single step ({output_dir})")
 

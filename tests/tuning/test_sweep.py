@@ -22,7 +22,7 @@ BASE = dict(
     model_path="tiny-qwen3-vl", lora_r=0, num_learners=1, num_rollout_workers=1, prompts_per_step=2,
     num_steps=3, sft_warmup_steps=10, max_new_tokens=24, max_image_size=64, zero_stage=2, log_images_every=2,
     synthetic_train_size=16, synthetic_val_size=4, synthetic_max_objects=1, disable_gradient_checkpointing=True,
-    experiment_name="sweep-test", seed=0,
+    experiment_name="sweep-test", seed=0, eval_steps=2,
 )
 SPACE = {"num_generations": {"grid": [2, 4]}, "beta": {"choice": [0.0, 0.04]},
          "learning_rate": {"loguniform": [1e-3, 5e-3]}}
@@ -32,7 +32,8 @@ SPACE = {"num_generations": {"grid": [2, 4]}, "beta": {"choice": [0.0, 0.04]},
 def sweep(ray_cluster, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
     base = GRPOConfig(**BASE, output_dir=str(folder))
-    return run_sweep(base, space_from_spec(SPACE), num_samples=1, sweep_dir=folder, seed=0)
+    # ASHA compares trials by val mAP@0.5 (issue 23): every report carries the latest evaluation
+    return run_sweep(base, space_from_spec(SPACE), num_samples=1, sweep_dir=folder, seed=0, stop_on="val_map50")
 
 
 def test_parent_run_has_two_nested_trials(sweep):
@@ -62,6 +63,9 @@ def test_parent_artifacts_and_table(sweep):
             "sweep/recommended.yaml"} <= listed
     rows = json.loads((sweep_dir(sweep) / "trials.json").read_text())
     assert len(rows) == 2 and all(isinstance(r["objective"], float) for r in rows)
+    assert all(isinstance(r["val_map50"], float) and 0.0 <= r["val_map50"] <= 1.0 for r in rows)
+    params = MlflowClient(sweep["tracking_uri"]).get_run(sweep["parent_run_id"]).data.params
+    assert "metric=val_map50" in params["scheduler"] and params["base.eval_on_start"] == "True"
     with (sweep_dir(sweep) / "trials.csv").open() as fh:
         assert [r["trial"] for r in csv.DictReader(fh)] == [r["trial"] for r in rows]
     assert any(r["status"] == "completed" for r in rows)  # the first trial is never stopped by ASHA
@@ -79,3 +83,10 @@ def sweep_dir(sweep):
     from pathlib import Path
 
     return Path(sweep["sweep_dir"])
+
+
+def test_stop_on_val_map_needs_evaluations(capsys):
+    from tuning.sweep_grpo import main
+
+    assert main(["--stop-on", "val_map50", "--space", "tiny-cpu", "eval_steps=0"]) == 2  # before any Ray
+    assert "needs eval_steps > 0" in capsys.readouterr().err

@@ -72,6 +72,13 @@ def has_sampler_logprobs(completions: list[Completion]) -> bool:
     return True
 
 
+def _fits_twice(model, device: torch.device) -> bool:
+    """True when two copies of the trainable weights fit the GPU's free memory with 2 GB to spare."""
+    nbytes = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in model.parameters() if p.requires_grad)
+    free, _ = torch.cuda.mem_get_info(device)
+    return free > 2 * nbytes + (2 << 30)
+
+
 class PolicyLearner:
     """Owns the DeepSpeed engine of one rank. Pure torch apart from the engine; no Ray."""
 
@@ -330,10 +337,17 @@ class PolicyLearner:
 
     def export_weights(self, for_sync: bool = False) -> dict | None:
         """Collective under ZeRO-3; returns the state on rank 0 only, on the CPU, except that ``for_sync`` keeps
-        an adapter on the GPU (the CUDA IPC and NCCL transports then copy it device to device; full weights are
-        staged on the host, where a second copy of the model fits)."""
-        device = self.device if for_sync and self.lora and self.device.type == "cuda" else "cpu"
-        return export_trainable_weights(self.engine, self.lora, self.config.zero_stage, device=device)
+        an adapter on the GPU (the CUDA IPC and NCCL transports then copy it device to device) and packs full
+        weights into the transports' buffer: on the GPU when two such buffers fit its free memory (the pool may
+        still hold the previous one), else on the host."""
+        if not for_sync:
+            return export_trainable_weights(self.engine, self.lora, self.config.zero_stage)
+        on_gpu = self.device.type == "cuda"
+        if self.lora:
+            return export_trainable_weights(self.engine, True, self.config.zero_stage,
+                                            device=self.device if on_gpu else "cpu")
+        device = self.device if on_gpu and _fits_twice(self.engine.module, self.device) else "cpu"
+        return export_trainable_weights(self.engine, False, self.config.zero_stage, device=device, packed=True)
 
     def adapter_config(self):
         return self.engine.module.peft_config["default"] if self.lora else None

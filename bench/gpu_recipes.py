@@ -43,10 +43,13 @@ class Run:
     note: str = ""
     fault: str = ""  # "learner" / "actor": SIGKILL that process once ``fault_step`` is logged and checkpointed
     fault_step: int = 3
+    flags: list[str] = field(default_factory=list)  # entry-point flags before the overrides (the sweep's)
+    label: str = ""
 
     @property
     def name(self) -> str:
-        return self.recipe.removesuffix(".yaml") + (f"-kill-{self.fault}" if self.fault else "")
+        return self.recipe.removesuffix(".yaml") + (f"-kill-{self.fault}" if self.fault else "") + \
+            (f"-{self.label}" if self.label else "")
 
 
 #: Every GRPO run: a few steps, evaluation every 2, pictures every 2, a checkpoint every 2 steps (16 samples).
@@ -86,6 +89,19 @@ FAULTS = [
 ] + [
     Run("grpo-qwen3vl-8b-1n2g-lora-async.yaml", "grpo", "qwen3-vl-2b", GRPO_SIZE + SHARED_GPU + FAULT_SIZE, fault=kind)
     for kind in ("learner", "actor")
+]
+#: The sweep as tuning/ documents it, as a job: 4 trials of the 2B LoRA recipe, two at a time on the one GPU
+#: (each trial a quarter-GPU learner + a quarter-GPU actor), ASHA on val mAP; then one trial alone for trials/hour.
+SWEEP_SIZE = ["num_steps=4", "prompts_per_step=8", "max_new_tokens=128", "eval_steps=1", "log_images_every=2",
+              "save_every_samples=0", "synthetic_train_size=64", "synthetic_val_size=8", "rollout_batch_size=32",
+              "cpus_per_learner=2", "num_learners=1", "num_rollout_workers=1"]
+SWEEPS = [
+    Run("grpo-qwen3vl-2b-1n1g-lora.yaml", "sweep", "qwen3-vl-2b",
+        SWEEP_SIZE + ["gpus_per_learner=0.25", "rollout_gpus=0.25"], label="sweep-4x2",
+        flags=["--space", "default", "--num-samples", "4", "--max-concurrent", "2", "--stop-on", "val_map50"]),
+    Run("grpo-qwen3vl-2b-1n1g-lora.yaml", "sweep", "qwen3-vl-2b",
+        SWEEP_SIZE + ["gpus_per_learner=0.5", "rollout_gpus=0.5"], label="sweep-1x1",
+        flags=["--space", "default", "--num-samples", "1", "--max-concurrent", "1", "--stop-on", "val_map50"]),
 ]
 CPU_SIZE = ["use_gpu=false", "bf16=false", "save_every_samples=4", "max_image_size=128", "synthetic_train_size=8",
             "synthetic_val_size=2", "cpus_per_learner=0.5", "compile_layers=false", "micro_batch_size=0"]
@@ -362,7 +378,7 @@ def run_matrix(args) -> list[dict]:
     env = start_cluster(work / "cluster", gpus=0 if args.cpu else 1, cpus=args.cpus, own_ports=args.cpu)
     try:
         client = job_client(env)
-        runs = FAULTS if args.faults else MATRIX
+        runs = FAULTS if args.faults else SWEEPS if args.sweeps else MATRIX
         chosen = [r for r in runs if not args.recipes or any(n in r.recipe for n in args.recipes)]
         for run in chosen:
             left = args.deadline - (time.time() - STARTED)
@@ -387,7 +403,8 @@ def one_job(run: Run, args, work: Path, env: dict, client) -> dict:
     t_model = time.perf_counter()
     model = build_model("tiny" if args.cpu else run.arch, work / "models")
     model_s = time.perf_counter() - t_model
-    cpu = (CPU_SIZE + (CPU_GRPO_SIZE if run.entry == "grpo" else ["max_steps=2"])) if args.cpu else []
+    grpo = run.entry in ("grpo", "sweep")
+    cpu = (CPU_SIZE + (CPU_GRPO_SIZE if grpo else ["max_steps=2"])) if args.cpu else []
     overrides = list(run.overrides) + cpu + (["num_steps=6", "save_every_samples=4"] if cpu and run.fault else [])
     overrides += [f"output_dir={output_dir}"]
     extra: dict = {"arch": "tiny-qwen3-vl" if args.cpu else run.arch, "note": run.note, "model_build_s": model_s}
@@ -398,22 +415,28 @@ def one_job(run: Run, args, work: Path, env: dict, client) -> dict:
         extra.update(dpo_pairs=pairs, dpo_model=model)
         if pairs:
             overrides.append(f"pairs={pairs}")
-    if args.cpu and run.entry == "grpo":
+    if args.cpu and grpo:
         overrides = [o for o in overrides if not o.startswith(("gpus_per_learner", "rollout_gpus"))]
         overrides += ["rollout_gpus=0"]
     overrides.append(f"model_path={model}")
     if run.entry == "grpo" and "colocated" not in run.recipe and not args.cpu:
         overrides.append("eval_on_start=true")
     config = str(RECIPES.relative_to(REPO) / run.recipe)
+    flags = list(run.flags) + ([f"--sweep-dir={output_dir}"] if run.entry == "sweep" else [])
     entry = {"recipe": run.recipe, "name": run.name, "entry": f"ray_jobs.{run.entry}", "ok": False, "exit": None,
              "error": None}
     started = time.time()
     try:
-        job_id = submit(env, run.entry, ["--config", config, *overrides])
+        job_id = submit(env, run.entry, ["--config", config, *flags, *overrides])
+        memory = GpuMemory() if not args.cpu else None
         fault = Fault(run.fault, run.fault_step, output_dir, env["VLMRL_RAY_ADDRESS"]) if run.fault else None
         status, waited = wait_job(client, job_id, args.job_timeout, work / f"{name}.log", on_poll=fault)
         if fault:
             entry.update(fault_result(fault, output_dir))
+        if memory:
+            entry["gpu_used_peak_gb"] = memory.stop()
+        if run.entry == "sweep":
+            entry.update(sweep_result(output_dir, (work / f"{name}.log").read_text(), env, waited))
         log = (work / f"{name}.log").read_text()
         entry.update(job_id=job_id, status=status)
         if status not in ("SUCCEEDED", "FAILED", "STOPPED"):
@@ -458,6 +481,56 @@ def fault_result(fault: Fault, output_dir: Path) -> dict:
     return out
 
 
+class GpuMemory:
+    """The card's used memory, sampled by nvidia-smi every 2 s (all processes: learners + actors + trials)."""
+
+    def __init__(self):
+        import threading
+
+        self.peak_mib, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(2.0):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=10).stdout
+                self.peak_mib = max([self.peak_mib] + [float(x) for x in out.split()])
+            except (OSError, ValueError, subprocess.SubprocessError):
+                pass
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak_mib / 1024
+
+
+def sweep_result(sweep_dir: Path, log: str, env: dict, wall_s: float) -> dict:
+    """Trials, their outcome and val mAP, trials per hour, and the parent/child runs in MLflow."""
+    out: dict = {}
+    table = sweep_dir / "trials.json"
+    if table.is_file():
+        rows = json.loads(table.read_text())
+        out["trials"] = [{k: r.get(k) for k in ("trial", "status", "num_generations", "beta", "learning_rate",
+                                                 "val_map50", "objective", "step")} for r in rows]
+        out["trials_per_hour"] = 3600.0 * len(rows) / wall_s if wall_s else None
+        steps = [series(read_metrics(Path(r["output_dir"])), "memory/peak_gb") for r in rows if r.get("output_dir")]
+        out["trial_learner_peak_gb"] = max((max(s) for s in steps if s), default=None)
+    match = re.search(r"parent MLflow run (\w+)", log)
+    uri = env.get("MLFLOW_TRACKING_URI", "")
+    if match and uri.startswith("http"):
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        parent = client.get_run(match.group(1))
+        children = client.search_runs([parent.info.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        out.update(parent_run_id=parent.info.run_id, parent_status=parent.info.status,
+                   child_runs=[(c.info.run_name, c.info.status) for c in children])
+    return out
+
+
 def dpo_pairs(work: Path, env: dict) -> str | None:
     """`vlm-rl dpo-data` on the GRPO 2B run's rollouts; None when they rank no pair (random weights mostly
     score 0 everywhere), and the DPO job then makes its documented synthetic pairs."""
@@ -494,6 +567,7 @@ def main() -> int:
                         "are skipped rather than cut off (the lent GPU machine runs 10-minute commands)")
     parser.add_argument("--cpu", action="store_true", help="dry run: tiny model, CPU only")
     parser.add_argument("--faults", action="store_true", help="the fault runs (FAULTS) instead of the matrix")
+    parser.add_argument("--sweeps", action="store_true", help="the Tune sweeps (SWEEPS) instead of the matrix")
     parser.add_argument("--no-cleanup", dest="cleanup", action="store_false")
     args = parser.parse_args()
     results = run_matrix(args)

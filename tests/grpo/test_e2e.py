@@ -74,10 +74,23 @@ def test_runs_all_steps_with_two_learners_one_step_off_policy(async_run):
 
 
 def test_trainable_parameters_changed(async_run):
-    trained = load_weights(async_run["summary"]["checkpoint"])
+    saved = load_weights(async_run["summary"]["checkpoint"])  # every parameter: the frozen vision tower too
     base = dict(load_model(async_run["config"].model_path).named_parameters())
+    assert saved.keys() == base.keys()
+    trained = {n: w for n, w in saved.items() if "visual" not in n}
     changed = [n for n, w in trained.items() if not torch.equal(w, base[n].detach())]
     assert len(changed) >= len(trained) // 2, f"only {len(changed)} of {len(trained)} tensors changed"
+    assert all(torch.equal(w, base[n].detach()) for n, w in saved.items() if "visual" in n)
+
+
+def test_printed_checkpoint_evaluates(async_run):
+    """Issue 26: the checkpoint a run prints is a model path (config and processor beside the full weights)."""
+    from vlm_rl.eval.runner import evaluate_model
+
+    checkpoint = async_run["summary"]["checkpoint"]
+    metrics = evaluate_model(checkpoint, async_run["config"].val_data, max_image_size=SETTINGS["max_image_size"],
+                             max_new_tokens=16, limit=2)
+    assert metrics["model_path"] == str(checkpoint) and metrics["n_images"] == 2 and 0.0 <= metrics["mAP@0.5"] <= 1.0
 
 
 def test_rollout_actors_hold_the_learners_weights(async_run):

@@ -35,6 +35,7 @@ def _rank(rank: int, port: str, model_dir: str, data: str, out: str) -> None:
                         learning_rate=1e-3, disable_gradient_checkpointing=True)
     model, processor, family = build_policy(config)
     base = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    every = [n for n, _ in model.named_parameters()]
     full_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     micro, accumulation = accumulation_steps(3, 2)  # 1 prompt x 3 completions per rank, 2 per micro-batch
     engine = build_engine(model, config, micro_batch=micro, accumulation=accumulation)
@@ -43,8 +44,9 @@ def _rank(rank: int, port: str, model_dir: str, data: str, out: str) -> None:
 
     exported = learner.export_weights()
     if rank == 0:
+        # a checkpoint's export holds every parameter (the frozen vision tower too: a whole model)
         result["export_before"] = sorted(n for n in base if not torch.equal(exported[n], base[n])) + (
-            [] if set(exported) == set(base) else ["<names differ>"])
+            [] if set(exported) == set(every) else ["<names differ>"])
 
     sample = load_jsonl(data).samples[rank]
     items = [PromptItem.from_sample(sample)]
@@ -81,6 +83,15 @@ def _rank(rank: int, port: str, model_dir: str, data: str, out: str) -> None:
     steps = int(engine.global_steps)
     result["passes"] = learner.grpo_step(items, completions, advantages)
     result["passes_steps"] = int(engine.global_steps) - steps
+    # Issue 26: a ZeRO-3 checkpoint (every rank takes part in the gather) is a model folder as it stands.
+    from vlm_rl.learner.checkpoint import save_checkpoint
+
+    weights = learner.export_weights()
+    path = save_checkpoint(engine, os.path.join(out, "run"), 6, {"config": config.model_dump(mode="json")}, weights,
+                           disk_check=False, model_config=learner.model_config(), base_model=model_dir)
+    if rank == 0:
+        result["checkpoint"] = str(path)
+        result["checkpoint_weights"] = {n: w.clone() for n, w in weights.items()}
     dist.barrier()
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
 
@@ -128,6 +139,17 @@ def test_bucketed_export_is_bit_exact(zero3_run):
     assert rank0["export_after"] == []  # after training: the same bits as one gather of everything
     assert rank0["packed_after"] == [] and rank0["packed_zero_copy"] and rank0["packed_roundtrip"]
     assert rank0["changed"] >= rank0["tensors"] // 2
+
+
+def test_zero3_checkpoint_loads_as_a_model(zero3_run, tiny_model_dir):
+    from vlm_rl.models.loading import load_model, resolve_model_path
+
+    path, saved = zero3_run[0]["checkpoint"], zero3_run[0]["checkpoint_weights"]
+    assert str(resolve_model_path(path)) == path  # consolidated at save: nothing to assemble on load
+    loaded = dict(load_model(path).named_parameters())
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[n], w) for n, w in saved.items())
+    base = dict(load_model(tiny_model_dir).named_parameters())
+    assert any(not torch.equal(base[n], w) for n, w in saved.items())
 
 
 if __name__ == "__main__":  # one rank, started by the fixture above

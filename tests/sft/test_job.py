@@ -74,6 +74,18 @@ def test_adapter_checkpoints_load_with_peft(sft_run):
     assert torch.equal(loaded[name], saved[lora_b[0]])
 
 
+def test_lora_checkpoint_is_a_model_path(sft_run):
+    """Issue 26: a LoRA checkpoint loads wherever a model path is accepted, merged into the recorded base."""
+    from peft import PeftModel
+
+    ckpt = sft_run["out"] / "checkpoint-samples-24"
+    assembled = resolve_model_path(ckpt)
+    assert (assembled / "config.json").is_file() and not (assembled / "adapter_config.json").exists()
+    merged = PeftModel.from_pretrained(load_model(resolve_model_path("tiny-qwen3-vl")), str(ckpt)).merge_and_unload()
+    loaded = dict(load_model(ckpt).named_parameters())
+    assert all(torch.allclose(loaded[n], p, atol=1e-6) for n, p in merged.named_parameters())
+
+
 def test_final_model_is_merged_and_differs_from_base(sft_run):
     final = sft_run["out"] / "final"
     assert (final / "model.safetensors").is_file() and not (final / "adapter_config.json").exists()

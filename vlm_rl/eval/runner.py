@@ -58,8 +58,9 @@ def instruction_for(samples: Sequence[Sample], labels: Sequence[str] | None = No
 def load_for_eval(model_path: str | os.PathLike, device: str | None = None) -> tuple[Any, Any, str]:
     """(model in eval mode, processor, family) for a model dir, a TINY_MODELS name or a LoRA adapter dir.
 
-    An adapter dir (``adapter_config.json``) is loaded onto its base model and merged, so generation runs
-    at full speed; its processor is taken from the adapter dir when saved there, else from the base.
+    Any checkpoint vlm-rl writes is accepted: an adapter dir or LoRA checkpoint is merged into its base model
+    (``vlm_rl.models.checkpoints``), so generation runs at full speed; its processor is taken from the adapter
+    dir when saved there, else from the base.
     ``device`` None = CUDA in bfloat16 when available, else CPU in float32.
     """
     import torch
@@ -70,21 +71,8 @@ def load_for_eval(model_path: str | os.PathLike, device: str | None = None) -> t
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     placement = {"device": device, "dtype": torch.bfloat16 if str(device).startswith("cuda") else torch.float32}
 
-    path = Path(model_path)
-    adapter_config = path / "adapter_config.json"
-    if adapter_config.is_file():
-        from peft import PeftModel
-
-        base_name = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
-        if not base_name:
-            raise ValueError(f"{adapter_config}: base_model_name_or_path: missing, cannot find the base model")
-        base_path = resolve_model_path(base_name)
-        model = PeftModel.from_pretrained(load_model(base_path, **placement), str(path)).merge_and_unload()
-        has_processor = any((path / f).is_file() for f in ("preprocessor_config.json", "processor_config.json"))
-        processor = load_processor(path if has_processor else base_path)
-    else:
-        resolved = resolve_model_path(model_path)
-        model, processor = load_model(resolved, **placement), load_processor(resolved)
+    resolved = resolve_model_path(model_path)  # a LoRA adapter/checkpoint: merged with its base, once
+    model, processor = load_model(resolved, **placement), load_processor(resolved)
     return model.eval(), processor, model_family(model.config)
 
 

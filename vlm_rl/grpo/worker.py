@@ -138,7 +138,8 @@ def train_grpo_worker(cfg: dict) -> None:
         path = save_checkpoint(engine, output_dir, loop_state.samples, payload, weights,
                                adapter_config=learner.adapter_config(), keep=config.keep_checkpoints,
                                expected_bytes=expected, reference=reference, reference_from=link,
-                               disk_check=config.disk_check)
+                               disk_check=config.disk_check,
+                               model_config=learner.model_config(), base_model=config.model_path)
         if keep_reference:
             saved_reference["file"] = path / REFERENCE_FILE
         if run_sinks:

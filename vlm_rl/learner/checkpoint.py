@@ -4,9 +4,13 @@ mid-write leaves the previous checkpoint usable. Nothing is unpickled without ``
 Layout::
 
     checkpoint-samples-N/
-      adapter_model.safetensors | model.safetensors   trainable weights (what rollout/eval load)
+      adapter_model.safetensors | model.safetensors   the LoRA adapter | every parameter (frozen ones too)
       adapter_config.json                              under LoRA
-      trainer_state.json                               step, samples, data cursor, weights version, run id, config
+      config.json, processor files                     full fine-tuning: the folder is a model folder as is
+                                                       (a LoRA checkpoint loads merged with ``base_model``:
+                                                       vlm_rl.models.checkpoints)
+      trainer_state.json                               step, samples, data cursor, weights version, run id, config,
+                                                       base_model (the model_path trained from)
       rng/rank{r}.safetensors                          torch RNG state per learner rank
       deepspeed/                                       DeepSpeed engine + ZeRO optimizer shards (trainable
                                                        weights only: a LoRA checkpoint holds no base model)
@@ -209,12 +213,14 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def save_checkpoint(engine, output_dir: str | Path, samples: int, state: dict, weights: dict | None,
                     adapter_config=None, keep: int = 2, *, expected_bytes: float | None = None,
                     reference: dict | None = None, reference_from: str | Path | None = None,
-                    disk_check: bool = True) -> Path:
+                    disk_check: bool = True, model_config=None, base_model: str | Path | None = None) -> Path:
     """Collective: every learner rank calls it. ``weights`` is the rank-0 export (None elsewhere).
 
     ``expected_bytes``: the checkpoint's estimated size (vlm_rl.learner.disk), compared with the free space
     before anything is written (``disk_check``). ``reference`` (rank 0's tensors) or ``reference_from`` (the
-    previous checkpoint's file, hard-linked) adds ``reference.safetensors``. Raises :class:`CheckpointError`
+    previous checkpoint's file, hard-linked) adds ``reference.safetensors``. ``model_config`` (full weights): its
+    ``config.json`` and ``base_model``'s processor files are written beside the weights; ``base_model`` is
+    recorded in the state file (what a LoRA checkpoint is merged into when loaded as a model). Raises :class:`CheckpointError`
     on every rank when any rank fails; the half-written ``.tmp`` folder is then removed.
     """
     root = Path(output_dir)
@@ -268,11 +274,17 @@ def save_checkpoint(engine, output_dir: str | Path, samples: int, state: dict, w
                 save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / name))
             if adapter_config is not None:
                 adapter_config.save_pretrained(str(tmp))
+            elif weights is not None and model_config is not None:
+                from vlm_rl.learner.export import write_model_files
+
+                write_model_files(model_config, base_model or "", tmp)
             if reference_from is not None:
                 _link_or_copy(Path(reference_from), tmp / REFERENCE_FILE)
             elif reference is not None:
                 save_file({k: v.contiguous() for k, v in reference.items()}, str(tmp / REFERENCE_FILE))
             full = {**state, MANIFEST_KEY: _manifest(tmp), "frozen_excluded": _is_deepspeed(engine)}
+            if base_model is not None:
+                full["base_model"] = str(base_model)
             (tmp / STATE_FILE).write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
             _publish(tmp, final)
         except Exception as exc:  # noqa: BLE001

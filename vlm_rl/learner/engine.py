@@ -90,7 +90,8 @@ def reset_optimizer_moments(engine) -> int:
 
 
 def export_trainable_weights(engine, lora: bool, zero_stage: int, bucket_bytes: int = 1 << 28,
-                            device: torch.device | str = "cpu", packed: bool = False) -> dict[str, torch.Tensor] | None:
+                            device: torch.device | str = "cpu", packed: bool = False,
+                            include_frozen: bool = False) -> dict[str, torch.Tensor] | None:
     """Trainable weights as a state dict of copies on ``device`` on rank 0 (None elsewhere): the LoRA adapter
     alone under LoRA. A GPU ``device`` keeps a small export (an adapter) off the host: the CUDA IPC and NCCL
     transports then copy device to device.
@@ -103,11 +104,14 @@ def export_trainable_weights(engine, lora: bool, zero_stage: int, bucket_bytes: 
     Under ZeRO-3 parameters are sharded, so every rank takes part in the gather; it goes bucket by bucket
     (``bucket_bytes`` of full-size parameters at a time, a single parameter if larger), so no rank ever
     holds more than one bucket of gathered weights besides rank 0's copy.
+
+    ``include_frozen`` (full weights, for a checkpoint): every parameter, the frozen vision tower too, so the
+    checkpoint's ``model.safetensors`` is a whole model.
     """
     import deepspeed
 
     model = engine.module
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or (include_frozen and not lora)]
     rank = dist.get_rank() if dist.is_initialized() else 0
     state: dict[str, torch.Tensor] = {}
     into_buffer = packed and not lora and rank == 0

@@ -7,43 +7,36 @@ so it does not depend on how DeepSpeed sharded the training copy.
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
 import torch
 
-#: Files of the base model folder that the export writes itself (everything else — tokenizer, processor,
-#: chat template — is copied unchanged, so the export's processor is the base model's, byte for byte).
-_MODEL_FILES = ("config.json", "generation_config.json")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt")
+from vlm_rl.models.checkpoints import copy_processor_files, merged_model
+
+__all__ = ["copy_processor_files", "merged_model", "write_merged_model", "write_model_files"]
 
 
-def merged_model(base_path: str | Path, weights: dict[str, torch.Tensor], adapter_config=None):
-    """The base model with ``weights`` applied: a LoRA adapter state (merged in) or full trainable weights."""
-    from vlm_rl.models.loading import load_model
+def write_model_files(model_config, base_path: str | Path, out_dir: str | Path) -> None:
+    """``config.json`` (+ ``generation_config.json``) and the base's processor files beside full weights, so a
+    full-fine-tuning checkpoint loads as a model folder (eval, compare, dpo-data, a later ``model_path``).
 
-    model = load_model(base_path)
-    if adapter_config is not None:
-        from peft import get_peft_model, set_peft_model_state_dict
-
-        peft_model = get_peft_model(model, adapter_config)
-        result = set_peft_model_state_dict(peft_model, weights)
-        missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-        if missing:
-            raise ValueError(f"adapter weights do not fit the base model: unexpected keys {missing[:3]}...")
-        return peft_model.merge_and_unload()
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected:
-        raise ValueError(f"trained weights do not fit the base model: unexpected keys {unexpected[:3]}...")
-    return model
-
-
-def copy_processor_files(base_path: str | Path, out_dir: str | Path) -> None:
-    """Tokenizer/processor/chat-template files of the base folder (not weights, configs or dot-files)."""
-    for src in Path(base_path).iterdir():
-        name = src.name
-        if src.is_file() and not name.startswith(".") and name not in _MODEL_FILES and not name.endswith(_WEIGHT_SUFFIXES):
-            shutil.copy2(src, Path(out_dir) / name)
+    Training changes no architecture: the base's own config is copied when it is a local folder (the training
+    copy's config has ``use_cache`` off under gradient checkpointing); else ``model_config`` is written."""
+    base, out_dir = Path(base_path), Path(out_dir)
+    if (base / "config.json").is_file():
+        shutil.copy2(base / "config.json", out_dir / "config.json")
+    else:
+        config = copy.deepcopy(model_config)
+        for part in (config, getattr(config, "text_config", None)):
+            if part is not None and hasattr(part, "use_cache"):
+                part.use_cache = True
+        config.save_pretrained(str(out_dir))
+    if base.is_dir():
+        copy_processor_files(base, out_dir)
+        if (base / "generation_config.json").is_file():
+            shutil.copy2(base / "generation_config.json", out_dir / "generation_config.json")
 
 
 def write_merged_model(base_path: str | Path, weights: dict[str, torch.Tensor], out_dir: str | Path,

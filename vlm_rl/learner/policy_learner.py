@@ -340,8 +340,9 @@ class PolicyLearner:
         an adapter on the GPU (the CUDA IPC and NCCL transports then copy it device to device) and packs full
         weights into the transports' buffer: on the GPU when two such buffers fit its free memory (the pool may
         still hold the previous one), else on the host."""
-        if not for_sync:
-            return export_trainable_weights(self.engine, self.lora, self.config.zero_stage)
+        if not for_sync:  # a checkpoint or the final export: full weights include the frozen vision tower
+            return export_trainable_weights(self.engine, self.lora, self.config.zero_stage,
+                                            include_frozen=not self.lora)
         on_gpu = self.device.type == "cuda"
         if self.lora:
             return export_trainable_weights(self.engine, True, self.config.zero_stage,
@@ -351,3 +352,7 @@ class PolicyLearner:
 
     def adapter_config(self):
         return self.engine.module.peft_config["default"] if self.lora else None
+
+    def model_config(self):
+        """The HF config written beside full weights in a checkpoint (None under LoRA)."""
+        return None if self.lora else self.engine.module.config

@@ -136,7 +136,8 @@ def run_supervised_worker(
                                   "run_id": recorder.run_id if recorder else None})
         path = save_checkpoint(learner.engine, output_dir, s.samples, payload, weights,
                                adapter_config=learner.adapter_config(), keep=config.keep_checkpoints,
-                               expected_bytes=size.per_checkpoint if size else None, disk_check=config.disk_check)
+                               expected_bytes=size.per_checkpoint if size else None, disk_check=config.disk_check,
+                               model_config=learner.model_config(), base_model=config.model_path)
         if recorder:
             recorder.on_checkpoint(path)
 

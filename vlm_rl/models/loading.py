@@ -24,8 +24,9 @@ def resolve_model_path(name_or_path: str | os.PathLike, cache_dir: str | os.Path
 
     TINY_MODELS names are built on first use into ``cache_dir/<name>`` (default
     ``~/.cache/vlm-rl/models``; concurrent callers wait for one build). Existing local paths come back
-    absolute, so Ray workers with another working directory find them; anything else (a hub id) is
-    returned unchanged.
+    absolute, so Ray workers with another working directory find them; a training checkpoint that is no
+    whole model by itself (LoRA, see ``vlm_rl.models.checkpoints``) comes back as its assembled model
+    folder; anything else (a hub id) is returned unchanged.
     """
     name = str(name_or_path)
     if name in TINY_MODELS:
@@ -34,7 +35,12 @@ def resolve_model_path(name_or_path: str | os.PathLike, cache_dir: str | os.Path
         root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "models"
         return build_tiny_model(root / name, family=TINY_FAMILIES[name])
     path = Path(name).expanduser()
-    return path.resolve() if path.exists() else Path(name)
+    if not path.exists():
+        return Path(name)
+    from vlm_rl.models.checkpoints import assembled_model_dir, needs_base
+
+    # A LoRA checkpoint/adapter, or an older checkpoint of trainable weights only: merged with its base, once.
+    return assembled_model_dir(path) if needs_base(path) else path.resolve()
 
 
 def _local_dir(path: str | os.PathLike) -> Path:

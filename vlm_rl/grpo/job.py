@@ -54,9 +54,9 @@ def run_grpo(config: GRPOConfig, *, parent_run_id: str | None = None, run_name: 
     made for the run and shut down at the end. ``advantage_scale=0`` makes a same-seed control run: the
     same warm-up, prompts and sampling, with the policy-gradient signal removed.
     """
+    config, labels = prepare_run(config)  # bad paths and data end here, before the worker's imports and Ray
     from vlm_rl.grpo.worker import train_grpo_worker
 
-    config, labels = prepare_run(config)
     connect_ray(config)  # fails in seconds when the run cannot fit the cluster
     own_pool = pool is None and config.rollout_mode == "pool"  # colocated: the learner samples itself
     pool = make_rollout_pool(config, labels) if own_pool else pool

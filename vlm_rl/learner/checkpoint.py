@@ -30,6 +30,7 @@ barrier for one that failed, and the worker ends the run without a Ray Train res
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -38,7 +39,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 from safetensors.torch import load_file, save_file
 
 from vlm_rl.learner.run_end import FatalRunError
@@ -82,16 +82,30 @@ def _safe_globals() -> list:
     return allowed
 
 
-class SafeCheckpointEngine(TorchCheckpointEngine):
-    """DeepSpeed's torch checkpoint engine, but loading with ``weights_only=True``."""
+@functools.cache
+def _safe_engine_class() -> type:
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-    def __init__(self):
-        super().__init__(None)
-        self.zipfile_serialization = True
+    class SafeCheckpointEngine(TorchCheckpointEngine):
+        """DeepSpeed's torch checkpoint engine, but loading with ``weights_only=True``."""
 
-    def load(self, path: str, map_location=None):
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        def __init__(self):
+            super().__init__(None)
+            self.zipfile_serialization = True
+
+        def load(self, path: str, map_location=None):
+            with torch.serialization.safe_globals(_safe_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    return SafeCheckpointEngine
+
+
+def __getattr__(name: str):
+    """``SafeCheckpointEngine`` is made on first use: importing DeepSpeed costs seconds (and prints a line),
+    and the checks before Ray (``resolve_resume``, ``list_checkpoints``) need none of it."""
+    if name == "SafeCheckpointEngine":
+        return _safe_engine_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def checkpoint_name(samples: int) -> str:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from vlm_rl.config import BaseConfig, C, ConfigError
-from vlm_rl.learner.checkpoint import list_checkpoints
+from vlm_rl.learner.checkpoint import list_checkpoints, resolve_resume
 from vlm_rl.models.loading import resolve_model_path
 
 #: Ray Train controller retries (worker group could not start, e.g. waiting for nodes): a bound,
@@ -19,16 +19,21 @@ CONTROLLER_FAILURE_LIMIT = 10
 
 
 def prepare_output_and_data(config: C, *, synthetic: bool = True) -> C:
-    """Absolute output_dir (refusing to overwrite another run's checkpoints), the synthetic dataset when
+    """Absolute, writable output_dir (refusing to overwrite another run's checkpoints), a model_path that exists
+    when it is a local path, the synthetic dataset when
     ``train_data`` is None (and ``synthetic``), a resolved local model path (tiny models built here), and
     room on the disk for the run's checkpoints (vlm_rl.learner.disk)."""
-    output_dir = Path(config.output_dir).resolve()
+    check_model_path(config.model_path)
+    output_dir = ensure_writable_dir(config.output_dir, "output_dir")
     if not config.resume and list_checkpoints(output_dir):
         raise ConfigError(
             f"output_dir: {output_dir} already holds checkpoints; pass --resume auto to continue that run "
             "or choose a new output_dir"
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        resolve_resume(config.resume, output_dir)  # an explicit checkpoint path must be a complete checkpoint
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from exc
     updates: dict = {"output_dir": str(output_dir)}
     if synthetic and config.train_data is None:
         from vlm_rl.data.synthetic import make_synthetic_dataset
@@ -40,12 +45,50 @@ def prepare_output_and_data(config: C, *, synthetic: bool = True) -> C:
         updates["train_data"] = str(train)
         if config.val_data is None:
             updates["val_data"] = str(val)
-    updates["model_path"] = str(resolve_model_path(config.model_path))
+    try:
+        updates["model_path"] = str(resolve_model_path(config.model_path))
+    except (OSError, ValueError) as exc:  # a checkpoint whose base is gone, a broken adapter
+        raise ConfigError(f"model_path: {config.model_path}: {exc}") from exc
     config = config.model_copy(update=updates)
     from vlm_rl.learner.disk import ensure_disk_space
 
     ensure_disk_space(config)  # checkpoints x keep_checkpoints (+ exports) vs free space: exit 2 before Ray
     return config
+
+
+def ensure_writable_dir(path: str | Path, key: str) -> Path:
+    """``path`` made (parents too) and proven writable by a probe file; a ConfigError naming ``key`` if not."""
+    import tempfile
+
+    folder = Path(path).expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".vlm-rl-write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{key}: {folder} is not a writable folder ({exc.strerror or exc})") from exc
+    return folder
+
+
+def check_model_path(model_path: str) -> None:
+    """A local model_path (absolute, ./ or ~, or of more than two parts: no hub id looks so) must exist and
+    hold a model: config.json, a LoRA adapter, or a vlm-rl checkpoint. Hub ids and TINY_MODELS names pass."""
+    from vlm_rl.config import TINY_MODELS
+
+    name = str(model_path)
+    if name in TINY_MODELS:
+        return
+    path = Path(name).expanduser()
+    looks_local = path.is_absolute() or name.startswith((".", "~")) or len(path.parts) > 2
+    if not path.exists():
+        if looks_local:
+            raise ConfigError(f"model_path: {name} does not exist")
+        return
+    if not path.is_dir():
+        raise ConfigError(f"model_path: {name} is a file; give the model folder")
+    if not any((path / f).is_file() for f in ("config.json", "adapter_config.json", "trainer_state.json")):
+        raise ConfigError(f"model_path: {name} holds no model (no config.json, adapter_config.json or "
+                          "trainer_state.json)")
 
 
 def make_torch_trainer(worker, loop_config: dict, config: BaseConfig, name: str, storage_path: str | None = None):

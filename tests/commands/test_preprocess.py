@@ -89,3 +89,56 @@ def test_nothing_readable_fails(tmp_path, capsys):
     assert json.loads((tmp_path / "o" / "preprocess_report.json").read_text())["failed_images"] == 1
     assert main(["preprocess", "--input", str(tmp_path / "none.jsonl"), "--output", str(tmp_path / "o")]) == 2
     assert "none.jsonl: file not found" in capsys.readouterr().err
+
+
+def _coco_with_a_broken_row(tmp_path: Path) -> Path:
+    for name in ("x.png", "y.png"):
+        Image.new("RGB", (100, 50)).save(tmp_path / name)
+    coco = {
+        "images": [{"id": 5, "file_name": "x.png", "width": 100, "height": 50},
+                   {"id": 6, "file_name": "y.png", "width": 100, "height": 50}],
+        "categories": [{"id": 1, "name": "yield_sign"}],
+        "annotations": [{"image_id": 5, "category_id": 1, "bbox": [10, 5, 20, 10]},
+                        {"image_id": 6, "category_id": 1, "bbox": [90, 5, 20, 10]}],  # past the right edge
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    return tmp_path / "ann.json"
+
+
+def test_coco_and_yolo_skip_broken_rows_write_the_rest_and_summarise(tmp_path, capsys):
+    """Issue 26: both formats name the broken row, write the good ones and end with kept / skipped by reason."""
+    ann = _coco_with_a_broken_row(tmp_path)
+    out = tmp_path / "coco-out"
+    assert main(["preprocess", "--format", "coco", "--input", str(ann), "--output", str(out), "--size", "64",
+                 "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert f"skipped row: {ann}: annotations[1]: bbox:" in printed and "image 6 (y.png) left out" in printed
+    assert "kept 1 of 2; skipped 1 (bbox 1)" in printed
+    assert [s.id for s in load_jsonl(out / "ann.jsonl").samples] == ["5"]
+    assert json.loads((out / "preprocess_report.json").read_text())["skipped_by_reason"] == {"bbox": 1}
+
+    images, labels = tmp_path / "yolo" / "images", tmp_path / "yolo" / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir()
+    for stem in ("a", "b"):
+        Image.new("RGB", (64, 64)).save(images / f"{stem}.png")
+    (labels / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (labels / "b.txt").write_text("0 0.5 0.5 0.5 0.5\n3 0.5 0.5 0.5 0.5\n")  # class 3 of 1
+    (labels / "lost.txt").write_text("0 0.5 0.5 0.5 0.5\n")  # its image is missing
+    (tmp_path / "classes.txt").write_text("stop_sign\n")
+    out = tmp_path / "yolo-out"
+    args = ["preprocess", "--format", "yolo", "--input", str(images), "--labels-dir", str(labels),
+            "--classes", str(tmp_path / "classes.txt"), "--output", str(out), "--size", "64", "--workers", "1"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"{labels / 'b.txt'}:2: class: 3 out of range" in printed
+    assert f"{labels / 'lost.txt'}: image: no image for this label file" in printed
+    assert "kept 1 of 3; skipped 2 (class 1, image 1)" in printed
+    assert [s.id for s in load_jsonl(out / "data.jsonl").samples] == ["a"]
+
+    # --strict (CI): the same input is a hard stop, every problem listed, nothing written
+    strict_out = tmp_path / "strict"
+    assert main([*args[:-6], "--output", str(strict_out), "--strict"]) == 2
+    captured = capsys.readouterr()
+    assert "b.txt:2: class" in captured.out and "lost.txt: image" in captured.out
+    assert "--strict: 2 bad rows, nothing written" in captured.err and not strict_out.exists()

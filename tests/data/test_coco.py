@@ -65,3 +65,25 @@ def test_bad_image_entry_and_bad_json(tmp_path):
     path.write_text('{"images": [\n{"id": 1,}')
     with pytest.raises(DatasetError, match=r"ann\.json:2: json: malformed JSON"):
         load_coco(path)
+
+
+def test_bad_entries_are_skipped_and_named(tmp_path):
+    """Issue 26: with a ``skipped`` list every bad entry is named and left out; the good images stay."""
+    data = coco(images=[*coco()["images"], {"id": 3, "file_name": "c.jpg", "width": 0, "height": 5},
+                        {"id": 4, "file_name": "d.jpg", "width": 20, "height": 20}],
+                annotations=[*coco()["annotations"], {"image_id": 2, "category_id": 3, "bbox": [40, 1, 20, 2]},
+                             {"image_id": 3, "category_id": 3, "bbox": [1, 1, 2, 2]},
+                             {"image_id": 9, "category_id": 3, "bbox": [1, 1, 2, 2]},
+                             {"image_id": 4, "category_id": 3, "bbox": [1, 1, 2, 2]}])
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    skipped: list[str] = []
+    samples = load_coco(path, skipped=skipped)
+    assert [s.id for s in samples] == ["1", "4"] and len(samples[0].objects) == 2
+    assert len(skipped) == 3, skipped  # image 3's own annotation is not reported a second time
+    assert skipped[0].startswith(f"{path}: images[2]: width: expected a positive integer")
+    assert skipped[1].startswith(f"{path}: annotations[3]: bbox:") and "image 2 (sub/b.jpg) left out" in skipped[1]
+    assert skipped[2].startswith(f"{path}: annotations[5]: image_id: unknown image id 9")
+    from vlm_rl.data.schema import count_reasons
+
+    assert count_reasons(skipped) == {"bbox": 1, "image_id": 1, "width": 1}

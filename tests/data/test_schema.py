@@ -127,8 +127,19 @@ def test_malformed_json_message_reads_well(tmp_path):
     """An unterminated string: "starting at column 11", not "starting at at column 11" (issue 12)."""
     path = tmp_path / "bad.jsonl"
     for text, expected in (('{"image": "a.png}', "Unterminated string starting at column 11"),
-                           ('{"image": "a.png}\n', "Invalid control character at column 18")):
+                           ('{"image": "a.png}\n', "Unterminated string starting at column 11")):
         path.write_text(text)
         with pytest.raises(DatasetError) as info:
             load_jsonl(path)
         assert expected in str(info.value) and "at at" not in str(info.value)
+
+
+def test_malformed_json_names_the_column_of_the_error(tmp_path):
+    """Issue 26: a row cut short at its end was reported "at column 1" (json saw the newline as line 2)."""
+    row = json.dumps({"id": "a", "image": "a.png", "width": 10, "height": 10,
+                      "objects": [{"label": "stop_sign", "bbox_2d": [1, 2, 3, 4]}]})
+    path = tmp_path / "cut.jsonl"
+    path.write_text(row + "\n" + row[:-2] + "\n")
+    result = load_jsonl(path, on_error="skip", check_images=False)
+    (message,) = result.skipped
+    assert f"cut.jsonl:2: json: malformed JSON (Expecting ',' delimiter at column {len(row) - 1})" in message

@@ -56,3 +56,20 @@ def test_bad_label_line_is_named(yolo_dir, line, expected):
     (yolo_dir / "labels" / "one.txt").write_text(f"0 0.5 0.5 0.1 0.1\n{line}\n")
     with pytest.raises(DatasetError, match=expected):
         load_yolo(yolo_dir / "images", yolo_dir / "labels", ["a", "b"])
+
+
+def test_bad_label_file_skips_its_image_and_an_orphan_label_is_reported(yolo_dir):
+    """Issue 26: skip mode names file:line, leaves that image out, and reports a label file with no image."""
+    (yolo_dir / "labels" / "two.txt").write_text("0 0.5 0.5 0.1 0.1\n7 0.5 0.5 0.1 0.1\n")
+    (yolo_dir / "labels" / "gone.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (yolo_dir / "labels" / "classes.txt").write_text("a\nb\n")
+    skipped: list[str] = []
+    (one,) = load_yolo(yolo_dir / "images", yolo_dir / "labels", yolo_dir / "labels" / "classes.txt", skipped=skipped)
+    assert one.id == "one" and len(one.objects) == 2
+    assert len(skipped) == 2, skipped
+    assert skipped[0].startswith(f"{yolo_dir / 'labels' / 'two.txt'}:2: class: 7 out of range")
+    assert "image two.jpg left out" in skipped[0]
+    assert skipped[1].startswith(f"{yolo_dir / 'labels' / 'gone.txt'}: image: no image for this label file")
+    with pytest.raises(DatasetError, match=r"gone\.txt: image: no image"):  # without a list: a hard stop
+        (yolo_dir / "labels" / "two.txt").unlink()
+        load_yolo(yolo_dir / "images", yolo_dir / "labels", ["a", "b"])

@@ -17,6 +17,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
                 continue
             where = f"{path}:{lineno}"
             try:
-                yield where, json.loads(line)
+                # without its newline: an error at the end of the line is at its column, not "line 2 column 1"
+                yield where, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON: {exc.msg}") from exc
+                raise ValueError(f"{where}: not valid JSON: {exc.msg} at column {exc.colno}") from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +82,38 @@ def sample_from_dict(row: dict[str, Any]) -> Sample:
 class LoadResult:
     samples: list[Sample]
     skipped: list[str] = field(default_factory=list)
+
+
+#: ``<where>: <field>: <message>``: the field after a line number (JSONL, YOLO), an entry index (COCO) or a path.
+_FIELD_AFTER = (re.compile(r":\d+: ([A-Za-z_][\w.\[\]]*): "), re.compile(r"\]: ([A-Za-z_][\w.\[\]]*): "),
+                re.compile(r"^\S*?: ([A-Za-z_][\w.\[\]]*): "))
+
+
+def skip_reason(message: str) -> str:
+    """The field a DatasetError message names, as a reason to count skipped rows by.
+
+    >>> skip_reason("data/train.jsonl:6: objects[0].bbox_2d: degenerate box")
+    'bbox'
+    >>> skip_reason("ann.json: annotations[3]: category_id: unknown category id 4")
+    'category_id'
+    >>> skip_reason("labels/x.txt: image: no image for this label file")
+    'image'
+    """
+    for pattern in _FIELD_AFTER:
+        match = pattern.search(message)
+        if match:
+            field_name = re.sub(r"\[\d+\]", "", match.group(1)).split(".")[-1]
+            return "bbox" if field_name == "bbox_2d" else field_name
+    return "other"
+
+
+def count_reasons(messages: Iterable[str]) -> dict[str, int]:
+    """{reason: count}, most frequent first."""
+    counts: dict[str, int] = {}
+    for message in messages:
+        reason = skip_reason(message)
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def dataset_labels(samples: Iterable[Sample]) -> list[str]:
@@ -228,7 +261,8 @@ def load_jsonl(
             where = f"{path}:{lineno}"
             try:
                 try:
-                    row = json.loads(line)
+                    row = json.loads(line.rstrip("\r\n"))  # with the newline, an error at the line's end
+                    # is reported at "line 2 column 1"
                 except json.JSONDecodeError as exc:
                     # json's msg may end in "at" itself ("Unterminated string starting at")
                     at = " " if exc.msg.endswith(" at") else " at "

@@ -72,18 +72,44 @@ def load_yolo(
     images_dir: str | os.PathLike,
     labels_dir: str | os.PathLike,
     class_names: Sequence[str] | str | os.PathLike,
+    skipped: list[str] | None = None,
 ) -> list[Sample]:
-    """One Sample per image in ``images_dir`` (sorted); an image without a label file has no objects."""
+    """One Sample per image in ``images_dir`` (sorted); an image without a label file has no objects.
+
+    ``skipped`` None: the first bad label line, unreadable image or label file without an image raises
+    :class:`DatasetError`; a list: each message is appended to it and that image (or label file) left out.
+    """
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     if not images_dir.is_dir():
         raise DatasetError(f"{images_dir}: images directory not found")
+    if not labels_dir.is_dir():
+        raise DatasetError(f"{labels_dir}: labels directory not found")
     names = read_class_names(class_names)
+
+    def bad(exc: DatasetError) -> None:
+        if skipped is None:
+            raise exc
+        skipped.append(str(exc))
+
     samples = []
-    for image in sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        width, height = image_size(image, str(image), verify=False)
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for image in images:
         label_file = labels_dir / f"{image.stem}.txt"
-        objects = _parse_label_file(label_file, names, width, height) if label_file.is_file() else []
+        try:
+            width, height = image_size(image, str(image), verify=False)
+            objects = _parse_label_file(label_file, names, width, height) if label_file.is_file() else []
+        except DatasetError as exc:
+            bad(DatasetError(f"{exc}; image {image.name} left out") if label_file.is_file() and
+                str(exc).startswith(str(label_file)) else exc)
+            continue
         samples.append(Sample(image.stem, str(image.resolve()), width, height, tuple(objects)))
+
+    stems = {p.stem for p in images}
+    names_file = Path(class_names).resolve() if isinstance(class_names, (str, os.PathLike)) else None
+    for label_file in sorted(labels_dir.glob("*.txt")):
+        if label_file.stem not in stems and label_file.name != "classes.txt" and label_file.resolve() != names_file:
+            bad(DatasetError(f"{label_file}: image: no image for this label file ({label_file.stem}.* with "
+                             f"{', '.join(IMAGE_SUFFIXES)} in {images_dir}); its boxes are not used"))
     if not samples:
-        raise DatasetError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise DatasetError(f"{images_dir}: no usable images ({', '.join(IMAGE_SUFFIXES)})")
     return samples

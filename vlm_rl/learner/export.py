@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from vlm_rl.models.checkpoints import copy_processor_files, merged_model
+from vlm_rl.models.checkpoints import copy_processor_files
+from vlm_rl.models.loading import merged_model
 
 __all__ = ["copy_processor_files", "merged_model", "write_merged_model", "write_model_files"]
 

@@ -1,5 +1,8 @@
 """Training checkpoints as model paths: every folder vlm-rl writes loads wherever a model path is accepted.
 
+This module reads folders only; the merge itself (``merged_model``, ``assembled_model_dir``) lives in
+``vlm_rl.models.loading``, which loads models.
+
 A full-fine-tuning checkpoint (``model.safetensors`` with every parameter + ``config.json`` + the processor
 files) is a model folder as it stands. Two kinds are not, and are assembled on demand into a cached model
 folder (``$VLM_RL_CACHE/assembled/<name>-<key>``, built once, rebuilt when the checkpoint changes):
@@ -15,12 +18,9 @@ else ``config.model_path``), else the adapter's ``base_model_name_or_path``. A b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
-
-import torch
 
 STATE_FILE = "trainer_state.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -67,56 +67,3 @@ def copy_processor_files(src_dir: str | Path, out_dir: str | Path) -> None:
         if (src.is_file() and not name.startswith(".") and name not in MODEL_FILES
                 and not name.endswith(WEIGHT_SUFFIXES)):
             shutil.copy2(src, Path(out_dir) / name)
-
-
-def merged_model(base_path: str | Path, weights: dict[str, torch.Tensor], adapter_config=None):
-    """The base model with ``weights`` applied: a LoRA adapter state (merged in) or (some) full weights."""
-    from vlm_rl.models.loading import load_model
-
-    model = load_model(base_path)
-    if adapter_config is not None:
-        from peft import get_peft_model, set_peft_model_state_dict
-
-        peft_model = get_peft_model(model, adapter_config)
-        result = set_peft_model_state_dict(peft_model, weights)
-        missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-        if missing:
-            raise ValueError(f"adapter weights do not fit the base model: unexpected keys {missing[:3]}...")
-        return peft_model.merge_and_unload()
-    _, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected:
-        raise ValueError(f"trained weights do not fit the base model: unexpected keys {unexpected[:3]}...")
-    return model
-
-
-def _assemble(path: Path, base: Path, out: Path) -> None:
-    from peft import LoraConfig
-    from safetensors.torch import load_file
-
-    if (path / ADAPTER_CONFIG).is_file():
-        weights = load_file(str(path / ADAPTER_WEIGHTS))
-        model = merged_model(base, weights, LoraConfig.from_pretrained(str(path)))
-    elif (path / FULL_WEIGHTS).is_file():
-        model = merged_model(base, load_file(str(path / FULL_WEIGHTS)))
-    else:
-        raise FileNotFoundError(f"{path}: no {ADAPTER_WEIGHTS} or {FULL_WEIGHTS} (a ZeRO shard folder alone "
-                                "is not a model; use a checkpoint-samples-N folder)")
-    model.save_pretrained(str(out), safe_serialization=True)
-    has_processor = any((path / f).is_file() for f in PROCESSOR_MARKERS)
-    copy_processor_files(path if has_processor else base, out)
-
-
-def assembled_model_dir(path: str | Path) -> Path:
-    """A whole model folder for ``path`` (``needs_base``), built once into the cache."""
-    from vlm_rl.models.cache import build_once, cache_root
-    from vlm_rl.models.loading import resolve_model_path
-
-    path = Path(path).resolve()
-    stamp = path / (STATE_FILE if (path / STATE_FILE).is_file() else ADAPTER_CONFIG)
-    weights = next((path / n for n in (ADAPTER_WEIGHTS, FULL_WEIGHTS) if (path / n).is_file()), stamp)
-    st, sw = stamp.stat(), weights.stat()
-    key = hashlib.sha1(f"{path}:{st.st_mtime_ns}:{st.st_size}:{sw.st_mtime_ns}:{sw.st_size}".encode()).hexdigest()[:16]
-    base = resolve_model_path(checkpoint_base(path))
-    if not Path(base).is_dir():
-        raise FileNotFoundError(f"{path}: its base model {base} is not a local folder")
-    return build_once(cache_root() / "assembled" / f"{path.name}-{key}", lambda out: _assemble(path, Path(base), out))

@@ -278,3 +278,16 @@ def test_checkpoint_must_leave_the_disk_below_rays_threshold(tmp_path, monkeypat
     monkeypatch.setenv("RAY_local_fs_capacity_threshold", "0.99")  # a cluster configured otherwise
     assert usable_bytes(tmp_path) == pytest.approx(7 * GB, abs=2)
     save(tmp_path, 2, expected_bytes=4e9)
+
+
+def test_rng_state_round_trip():
+    """A resumed rank draws the numbers the uninterrupted one would (the GPU generator rides along on a GPU:
+    LoRA dropout draws from it there)."""
+    from vlm_rl.learner.checkpoint import rng_state, set_rng_state
+
+    torch.manual_seed(7)
+    saved = rng_state()
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    set_rng_state(saved)
+    assert torch.equal(torch.rand(4), expected)

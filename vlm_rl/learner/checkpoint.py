@@ -11,7 +11,7 @@ Layout::
                                                        vlm_rl.models.checkpoints)
       trainer_state.json                               step, samples, data cursor, weights version, run id, config,
                                                        base_model (the model_path trained from)
-      rng/rank{r}.safetensors                          torch RNG state per learner rank
+      rng/rank{r}.safetensors                          torch RNG state per learner rank (CPU, and the rank's GPU)
       deepspeed/                                       DeepSpeed engine + ZeRO optimizer shards (trainable
                                                        weights only: a LoRA checkpoint holds no base model)
       reference.safetensors                            the frozen KL reference, when it is not the base model
@@ -275,7 +275,7 @@ def save_checkpoint(engine, output_dir: str | Path, samples: int, state: dict, w
         else:
             engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
         (tmp / "rng").mkdir(exist_ok=True)
-        save_file({"cpu": torch.get_rng_state()}, str(tmp / "rng" / f"rank{rank}.safetensors"))
+        save_file(rng_state(), str(tmp / "rng" / f"rank{rank}.safetensors"))
     except Exception as exc:  # noqa: BLE001 - e.g. torch.save's "iostream error" on a full disk
         error = _failure(final.name, exc, root, expected_bytes)
     check(error)
@@ -317,6 +317,20 @@ def save_checkpoint(engine, output_dir: str | Path, samples: int, state: dict, w
     return final
 
 
+def rng_state() -> dict[str, torch.Tensor]:
+    """This rank's torch RNG: the CPU generator, and the current GPU's (LoRA dropout draws from it on a GPU)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
 def load_checkpoint(engine, path: str | Path) -> dict:
     """Collective: restore engine, optimizer and RNG; return the trainer state."""
     path = Path(path)
@@ -326,7 +340,7 @@ def load_checkpoint(engine, path: str | Path) -> dict:
                            load_lr_scheduler_states=True, **kwargs)
     rng = path / "rng" / f"rank{_rank()}.safetensors"
     if rng.is_file():
-        torch.set_rng_state(load_file(str(rng))["cpu"])
+        set_rng_state(load_file(str(rng)))
     return saved
 
 

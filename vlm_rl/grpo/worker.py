@@ -18,7 +18,7 @@ from vlm_rl.learner.checkpoint import (
     save_checkpoint,
 )
 from vlm_rl.learner.comm import Comm
-from vlm_rl.learner.disk import checkpoint_size, saves_reference
+from vlm_rl.learner.disk import saves_reference, size_for_checks
 from vlm_rl.learner.engine import build_engine
 from vlm_rl.learner.policy import build_policy
 from vlm_rl.learner.policy_learner import PolicyLearner, accumulation_steps
@@ -116,12 +116,7 @@ def train_grpo_worker(cfg: dict) -> None:
         run_sinks = RunSinks(config, cfg, family, rollout, resumed_run_id=(saved["run_id"] if checkpoint else None))
         sinks = run_sinks.loop_sinks()
 
-    size = None
-    if comm.rank == 0 and config.disk_check:
-        try:
-            size = checkpoint_size(config)
-        except (ValueError, OSError) as exc:
-            print(f"[vlm-rl] checkpoint size unknown, the disk check uses the last checkpoint's: {exc}", flush=True)
+    size = size_for_checks(config) if comm.rank == 0 else None
 
     def save(loop_state: LoopState) -> None:
         started = time.perf_counter()

@@ -94,6 +94,18 @@ def checkpoint_size(config: BaseConfig, spec=None) -> CheckpointSize:
                           params=params)
 
 
+def size_for_checks(config: BaseConfig) -> CheckpointSize | None:
+    """The estimate rank 0 checks each checkpoint against; None (the check then uses the last checkpoint's
+    measured size) when the run opts out or the model cannot be sized."""
+    if not config.disk_check:
+        return None
+    try:
+        return checkpoint_size(config)
+    except (ValueError, OSError) as exc:
+        print(f"[vlm-rl] checkpoint size unknown, the disk check uses the last checkpoint's: {exc}", flush=True)
+        return None
+
+
 def checkpoints_written(config: BaseConfig) -> int:
     """How many checkpoints are on disk at the worst moment: ``keep_checkpoints`` + the one being written,
     or fewer when the run writes fewer (GRPO knows its sample count; a checkpoint at the end always)."""

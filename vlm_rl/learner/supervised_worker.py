@@ -17,7 +17,7 @@ import torch
 from vlm_rl.config import BaseConfig
 from vlm_rl.learner.checkpoint import agree, load_checkpoint, resolve_resume, save_checkpoint
 from vlm_rl.learner.comm import Comm
-from vlm_rl.learner.disk import checkpoint_size
+from vlm_rl.learner.disk import size_for_checks
 from vlm_rl.learner.engine import build_engine
 from vlm_rl.learner.job_common import worker_device
 from vlm_rl.learner.policy import build_policy
@@ -122,12 +122,7 @@ def run_supervised_worker(
                                run_name=cfg.get("run_name"), parent_run_id=cfg.get("parent_run_id"),
                                resumed_run_id=run_id, num_steps=num_steps)
 
-    size = None
-    if comm.rank == 0 and config.disk_check:
-        try:
-            size = checkpoint_size(config)
-        except (ValueError, OSError) as exc:
-            print(f"[vlm-rl] checkpoint size unknown, the disk check uses the last checkpoint's: {exc}", flush=True)
+    size = size_for_checks(config) if comm.rank == 0 else None
 
     def save(s: TrainState) -> None:
         weights = learner.export_weights()  # collective under ZeRO-3

@@ -35,36 +35,30 @@ def trial_name(index: int, knobs: Mapping[str, Any]) -> str:
     return "-".join(parts)
 
 
-def read_step_rows(path: Path) -> dict[int, dict[str, float]]:
-    """GRPO step metrics from metrics.jsonl as ``{step: {name: value}}`` (a torn last line is skipped)."""
-    rows: dict[int, dict[str, float]] = {}
+def _metric_lines(path: Path):
+    """The ``{step, name, value}`` rows of a run's metrics.jsonl (a torn last line is skipped)."""
     if not path.is_file():
-        return rows
+        return
     for line in path.read_text().splitlines():
         try:
-            item = json.loads(line)
+            yield json.loads(line)
         except json.JSONDecodeError:
             continue
+
+
+def read_step_rows(path: Path) -> dict[int, dict[str, float]]:
+    """GRPO step metrics from metrics.jsonl as ``{step: {name: value}}``."""
+    rows: dict[int, dict[str, float]] = {}
+    for item in _metric_lines(path):
         name = str(item.get("name", ""))
-        if name.startswith(_SKIP_PREFIXES):
-            continue
-        rows.setdefault(int(item["step"]), {})[name] = float(item["value"])
+        if not name.startswith(_SKIP_PREFIXES):
+            rows.setdefault(int(item["step"]), {})[name] = float(item["value"])
     return rows
 
 
 def read_val_map(path: Path) -> dict[int, float]:
     """``{step: val mAP@0.5}`` of the run's evaluations (step 0 = ``eval_on_start``)."""
-    found: dict[int, float] = {}
-    if not path.is_file():
-        return found
-    for line in path.read_text().splitlines():
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if item.get("name") == "eval/mAP_50":
-            found[int(item["step"])] = float(item["value"])
-    return found
+    return {int(item["step"]): float(item["value"]) for item in _metric_lines(path) if item.get("name") == "eval/mAP_50"}
 
 
 def latest_at(values: Mapping[int, float], step: int) -> float | None:

@@ -21,16 +21,17 @@ _SKIP_PREFIXES = ("warmup/", "health/", "eval/")
 
 
 def trial_name(index: int, knobs: Mapping[str, Any]) -> str:
-    """``trial-03-g4-beta0.04-lr2e-03``: the MLflow run name says what the trial tried.
+    """``trial-03-g4-beta0.04-lr1.54e-03``: the MLflow run name says what the trial tried, the learning rate
+    to three significant digits (a rounded ``lr2e-03`` named a trial of 0.001544).
 
-    >>> trial_name(3, {"num_generations": 4, "beta": 0.04, "learning_rate": 0.002})
-    'trial-03-g4-beta0.04-lr2e-03'
+    >>> trial_name(3, {"num_generations": 4, "beta": 0.04, "learning_rate": 0.001544})
+    'trial-03-g4-beta0.04-lr1.54e-03'
     """
     parts = [f"trial-{index:02d}"]
     short = {"num_generations": "g", "beta": "beta", "learning_rate": "lr"}
     for key, value in knobs.items():
         label = short.get(key, key)
-        text = f"{value:.0e}" if key == "learning_rate" else (f"{value:g}" if isinstance(value, float) else str(value))
+        text = f"{value:.2e}" if key == "learning_rate" else (f"{value:g}" if isinstance(value, float) else str(value))
         parts.append(f"{label}{text}")
     return "-".join(parts)
 

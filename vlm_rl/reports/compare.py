@@ -90,12 +90,19 @@ def _cell(value: object) -> str:
 
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#222}
-table{border-collapse:collapse;margin:12px 0}
-th,td{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left}
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:100%}
+.table-wrap{max-width:100%;overflow-x:auto}
+table{border-collapse:collapse;margin:12px 0;table-layout:auto;max-width:100%}
+th,td{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left;vertical-align:top;
+      overflow-wrap:anywhere;word-break:break-word;max-width:28em}
 th{background:#f2f2f2} .ok{color:#1a7f37} .warning{color:#b58100} .alarm{color:#c62828;font-weight:bold}
-code{font-size:12px}
+code{font-size:12px;overflow-wrap:anywhere;word-break:break-all}
+img{max-width:100%;height:auto}
+li{overflow-wrap:anywhere}
 """
+# The table fits the page: long run names, ids and parameter values wrap inside their cells
+# (overflow-wrap), and a table with many differing parameters scrolls sideways in its own box
+# instead of pushing the page wider than the window.
 
 
 def build_report(runs: Sequence[RunHistory], title: str = "vlm-rl run comparison") -> str:
@@ -122,8 +129,8 @@ def build_report(runs: Sequence[RunHistory], title: str = "vlm-rl run comparison
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<h2>Summary</h2><table><thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        f"<h2>Summary</h2><div class='table-wrap'><table><thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
         f"<h2>Curves</h2>{picture or '<p>No metrics recorded.</p>'}"
         f"<h2>Sources</h2><ul>{sources}</ul></body></html>"
     )
@@ -133,7 +140,12 @@ def write_report(
     refs: Sequence[str], output: str | os.PathLike, tracking_uri: str | None = None
 ) -> Path:
     """Load each RUN (MLflow id, metrics.jsonl or run directory) and write the HTML report."""
-    runs = [load_run(ref, tracking_uri) for ref in refs]
+    runs: list[RunHistory] = []
+    for ref in refs:
+        run = load_run(ref, tracking_uri)
+        # one run given twice (its folder and its MLflow id, say) is listed once
+        if all(run.run_id != seen.run_id for seen in runs):
+            runs.append(run)
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(build_report(runs))

@@ -9,6 +9,8 @@ taken, so a typo costs a second instead of a cluster start.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -253,6 +255,7 @@ def load_config(
     8
     """
     values: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # field -> where its value came from, for the error message
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
@@ -261,27 +264,45 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of config keys")
         values.update({k.lower(): v for k, v in loaded.items()})
+        origin.update({k.lower(): str(path) for k in loaded})
     env = os.environ if env is None else env
     for name, field in ENV_NAMES.items():
         if name in env and field in cls.model_fields:
             values[field] = _parse_scalar(env[name])
+            origin[field] = f"environment variable {name}={env[name]!r}"
     if isinstance(overrides, dict):
         values.update(overrides)
+        origin.update({k: f"override {k}={v!r}" for k, v in overrides.items()})
     else:
         for item in overrides or []:
             key, sep, raw = item.partition("=")
             if not sep:
                 raise ConfigError(f"override {item!r}: expected key=value")
             key = key.strip().lstrip("-").replace("-", "_").lower()
-            values[ENV_NAMES.get(key.upper(), key)] = _parse_scalar(raw)
+            field = ENV_NAMES.get(key.upper(), key)
+            values[field] = _parse_scalar(raw)
+            origin[field] = f"override {item}"
     try:
         return cls(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-        )
-        source = f" (from {path})" if path else ""
-        raise ConfigError(f"invalid {cls.__name__}{source}: {problems}") from exc
+        problems = "; ".join(_problem(err, origin, cls) for err in exc.errors())
+        raise ConfigError(f"invalid {cls.__name__}: {problems}") from exc
+
+
+def _problem(err: Mapping[str, Any], origin: Mapping[str, str], cls: type[BaseConfig]) -> str:
+    """``field: message (from SOURCE)``: the source is the file, the environment variable (with its value) or the
+    override that set the field; a cross-field check (no loc) is traced by the field name its message starts with.
+
+    >>> _problem({"loc": ("learning_rate",), "msg": "bad"}, {"learning_rate": "environment variable X='y'"}, GRPOConfig)
+    "learning_rate: bad (from environment variable X='y')"
+    """
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    field = str(err["loc"][0]) if err.get("loc") else ""
+    if not field:
+        named = re.match(r"(?:Value error, )?(\w+):", str(err.get("msg", "")))
+        field = named.group(1) if named and named.group(1) in cls.model_fields else ""
+    where = origin.get(field)
+    return f"{loc or 'config'}: {err['msg']}" + (f" (from {where})" if where else "")
 
 
 def save_config(config: BaseConfig, path: str | os.PathLike) -> None:

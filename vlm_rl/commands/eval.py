@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="outputs/eval/metrics.json", help="metrics JSON path")
     parser.add_argument("--predictions", default=None, help="per-image JSONL (default: <output dir>/predictions.jsonl)")
     parser.add_argument("--tracking_uri", "--tracking-uri", default=None,
-                        help="MLflow URI (default sqlite:///<output dir>/mlflow.db)")
-    parser.add_argument("--experiment", default="vlm-rl", help="MLflow experiment name")
+                        help="MLflow URI (default: MLFLOW_TRACKING_URI when set, so the results land beside the "
+                             "training runs, else sqlite:///<output dir>/mlflow.db)")
+    parser.add_argument("--experiment", default=None, help="MLflow experiment name (default: the experiment of the "
+                        "run whose checkpoint is evaluated, read from its folder's params.json; else vlm-rl)")
     parser.add_argument("--run_name", "--run-name", default=None, help="MLflow run name (default eval-<model>)")
     parser.add_argument("--no_mlflow", "--no-mlflow", action="store_true", help="write files only")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
@@ -54,7 +57,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 def tracking_uri(args: argparse.Namespace, output: Path) -> str:
-    return args.tracking_uri or f"sqlite:///{output.parent.resolve() / 'mlflow.db'}"
+    """Where the eval run is logged: ``--tracking_uri``, else MLFLOW_TRACKING_URI (the server the training runs log
+    to, e.g. the local cluster's), else a SQLite store beside the metrics file."""
+    return (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{output.parent.resolve() / 'mlflow.db'}")
+
+
+def training_run(model_path: str) -> dict[str, str]:
+    """The experiment and MLflow run id of the training run a checkpoint belongs to (its run folder's params.json
+    and tags.json, one level up), so the eval run lands next to it; {} for anything else."""
+    path = Path(str(model_path))
+    found: dict[str, str] = {}
+    if not path.is_dir():
+        return found
+    folder = path.resolve().parent
+    try:
+        params = json.loads((folder / "params.json").read_text())
+        tags = json.loads((folder / "tags.json").read_text())
+    except (OSError, ValueError):
+        return found
+    if isinstance(params, dict) and params.get("experiment_name"):
+        found["experiment"] = str(params["experiment_name"])
+    if isinstance(tags, dict) and tags.get("mlflow.runId"):
+        found["run_id"] = str(tags["mlflow.runId"])
+    return found
 
 
 def log_to_mlflow(args: argparse.Namespace, metrics: dict[str, Any], artifacts: list[Path]) -> str | None:
@@ -68,9 +94,13 @@ def log_to_mlflow(args: argparse.Namespace, metrics: dict[str, Any], artifacts: 
     if uri.startswith("sqlite:///"):  # artifacts beside the store, like the training runs
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     run_name = args.run_name or f"eval-{Path(str(args.model_path).rstrip('/')).name}"
+    source = training_run(args.model_path)
+    tags = {"vlm_rl.algorithm": "eval"}
+    if source.get("run_id"):
+        tags["vlm_rl.evaluated_run_id"] = source["run_id"]
     tracker = RunTracker(
-        uri, args.experiment, run_name=run_name, artifact_location=artifact_location,
-        local_dir=output.parent / "tracking", tags={"vlm_rl.algorithm": "eval"},
+        uri, args.experiment or source.get("experiment") or "vlm-rl", run_name=run_name,
+        artifact_location=artifact_location, local_dir=output.parent / "tracking", tags=tags,
     )
     try:
         tracker.log_params({

@@ -7,12 +7,17 @@ from PIL import Image
 
 from vlm_rl.data.schema import DetObject
 from vlm_rl.reports.rollout_images import (
+    CAPTION_BG,
+    CAPTION_MARGIN,
     GT_COLOR,
     MATCH_COLOR,
     MISS_COLOR,
+    _font,
+    caption_lines,
     draw_detections,
     match_boxes,
     rollout_grid,
+    rollout_picture,
 )
 
 
@@ -56,8 +61,6 @@ def test_rollout_grid_layout():
 
 def test_rollout_picture_draws_the_models_boxes_labelled_in_another_colour():
     """What the sinks log: a Qwen3-VL answer (0-1000 coords) on a 64x64 input, enlarged to 320 px."""
-    from vlm_rl.reports.rollout_images import rollout_picture
-
     image = Image.new("RGB", (64, 64), (128, 128, 128))
     solution = [{"label": "stop_sign", "bbox_2d": [100, 100, 500, 500]}]
     answer = ('[{"bbox_2d": [110, 100, 500, 500], "label": "stop_sign"}, '
@@ -73,3 +76,25 @@ def test_rollout_picture_draws_the_models_boxes_labelled_in_another_colour():
     # a garbled answer: ground truth marked missed, no predicted boxes, the text shown in the caption
     _, marks = rollout_picture(image, solution, '[{"bbox_2d": [1_sign"}]', "qwen3_vl")
     assert [(m.kind, m.status) for m in marks] == [("gt", "missed")]
+
+
+def test_long_caption_wraps_to_the_picture_width():
+    """The sinks' title and the legend are wider than a 320 px tile: wrapped onto more lines, none cut off."""
+    image = Image.new("RGB", (64, 64), (128, 128, 128))
+    solution = [{"label": "stop_sign", "bbox_2d": [100, 100, 500, 500]}]
+    title = "step 12 · reward 0.50 (det 0.00, fmt 1.00) · sample 123456 of a long caption_without_any_breaks_at_all"
+    garbled = "I see a stop sign near the top-left corner of the picture and " * 6
+    picture, _ = rollout_picture(image, solution, garbled, "qwen3_vl", title=title, reward=0.5)
+    width = picture.width
+    font = _font(max(10, min(16, width // 28)))  # the size draw_detections picks for this width
+    legend = "GT 1 (green, 1 missed)  predicted: matched 0 (orange)  wrong 0 (red)"
+    lines = caption_lines(width, font, title, 0.5, legend, garbled)
+    assert font.getlength(legend) > width and font.getlength(title) > width  # one line each would be cut
+    assert all(font.getlength(line) <= width - 2 * CAPTION_MARGIN for line in lines), lines
+    assert " ".join(lines).startswith(title.split(" of ")[0]) and any(line.startswith("GT 1") for line in lines)
+    answer_lines = lines[next(i for i, line in enumerate(lines) if line.startswith("no boxes parsed")):]
+    assert len(answer_lines) == 3 and answer_lines[-1].endswith("…")  # a long answer: three lines, then cut
+    # drawn: the strip is tall enough for every line, and no text reaches the right edge of the tile
+    assert picture.height >= width + len(lines) * (font.size + 4)
+    strip = picture.crop((width - CAPTION_MARGIN + 1, width, width, picture.height))
+    assert [color for _, color in strip.getcolors()] == [CAPTION_BG]

@@ -3,7 +3,8 @@
 Ground truth is green (labelled "GT", "missed" when no prediction matched it); the model's predictions
 are drawn in another colour with their label: orange with the IoU when matched to a ground-truth box
 (IoU ≥ threshold, same label), red when not. A caption strip under the image carries the title, the
-reward, a legend, and what the model wrote when no box could be parsed from it. Boxes are expected in
+reward, a legend, and what the model wrote when no box could be parsed from it, wrapped to the image's
+width (:func:`caption_lines`), so nothing is cut at the tile's edge. Boxes are expected in
 pixels of the image passed in. :func:`layout_detections` is the drawing data (what goes where, in which
 colour, with which text), so tests and other renderers can read it without looking at pixels.
 """
@@ -20,6 +21,10 @@ GT_COLOR = (40, 200, 60)
 MATCH_COLOR = (255, 150, 0)
 MISS_COLOR = (230, 30, 30)
 CAPTION_BG = (25, 25, 25)
+#: Left and right margin of the caption text, in pixels.
+CAPTION_MARGIN = 4
+#: The model's unparsable answer is shown on at most this many caption lines.
+ANSWER_LINES = 3
 
 
 def _box(obj: Any) -> tuple[str, tuple[float, float, float, float]]:
@@ -104,6 +109,61 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def wrap_text(text: str, font: ImageFont.ImageFont, max_width: float) -> list[str]:
+    """Greedy word wrap measured with ``font``: every line is at most ``max_width`` pixels wide; a word
+    wider than a line is split between characters.
+
+    >>> font = _font(12)
+    >>> lines = wrap_text("reward 0.50 (det 0.00, fmt 1.00) " * 3, font, 120)
+    >>> len(lines) > 1 and all(font.getlength(line) <= 120 for line in lines)
+    True
+    """
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}" if current else word
+        if font.getlength(candidate) <= max_width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        while len(word) > 1 and font.getlength(word) > max_width:
+            cut = max(1, next((n for n in range(len(word) - 1, 0, -1) if font.getlength(word[:n]) <= max_width), 1))
+            lines.append(word[:cut])
+            word = word[cut:]
+        current = word
+    if current:
+        lines.append(current)
+    return lines
+
+
+def _shorten(lines: list[str], font: ImageFont.ImageFont, max_width: float, max_lines: int) -> list[str]:
+    """The first ``max_lines`` lines, the last one ending in "…" when something was left out."""
+    if len(lines) <= max_lines:
+        return lines
+    kept = lines[:max_lines]
+    last = kept[-1]
+    while last and font.getlength(last + "…") > max_width:
+        last = last[:-1]
+    kept[-1] = last.rstrip() + "…"
+    return kept
+
+
+def caption_lines(width: int, font: ImageFont.ImageFont, title: str | None,
+                  reward: float | Mapping[str, float] | None, legend: str, answer: str | None = None) -> list[str]:
+    """The caption strip's lines for a picture ``width`` pixels wide: title, reward, legend and the model's
+    unparsable answer (at most :data:`ANSWER_LINES` lines), each wrapped to fit inside the margins."""
+    room = max(1, width - 2 * CAPTION_MARGIN)
+    lines: list[str] = []
+    for text in (title, _format_reward(reward), legend):
+        if text:
+            lines += wrap_text(text, font, room)
+    if answer is not None:
+        wrapped = wrap_text("no boxes parsed from: " + " ".join(answer.split()), font, room)
+        lines += _shorten(wrapped, font, room, ANSWER_LINES)
+    return lines
+
+
 def _format_reward(reward: float | Mapping[str, float] | None) -> str:
     if reward is None:
         return ""
@@ -124,7 +184,8 @@ def draw_detections(
 ) -> Image.Image:
     """A new RGB image: boxes drawn on ``image`` plus a caption strip (title, reward, legend).
 
-    ``answer``: the model's text when no box could be parsed from it, shown (cut short) in the caption.
+    The caption is wrapped to the image's width (:func:`caption_lines`). ``answer``: the model's text when
+    no box could be parsed from it, shown in the caption (at most :data:`ANSWER_LINES` lines).
     """
     marks = layout_detections(gt_objects, pred_objects, iou_threshold)
     n_gt = sum(m.kind == "gt" for m in marks)
@@ -136,14 +197,9 @@ def draw_detections(
     font_size = max(10, min(16, width // 28))
     font = _font(font_size)
     line_height = font_size + 4
-    caption_lines = [t for t in (title, _format_reward(reward)) if t] + [
-        f"GT {n_gt} (green, {n_missed} missed)  predicted: matched {n_matched} (orange)  wrong {n_wrong} (red)"
-    ]
-    if answer is not None:
-        snippet = " ".join(answer.split())
-        limit = max(20, width // max(1, font_size // 2) - 12)
-        caption_lines.append(f"no boxes parsed from: {snippet[:limit]}{'…' if len(snippet) > limit else ''}")
-    canvas = Image.new("RGB", (width, height + line_height * len(caption_lines) + 4), CAPTION_BG)
+    legend = f"GT {n_gt} (green, {n_missed} missed)  predicted: matched {n_matched} (orange)  wrong {n_wrong} (red)"
+    lines = caption_lines(width, font, title, reward, legend, answer)
+    canvas = Image.new("RGB", (width, height + line_height * len(lines) + 4), CAPTION_BG)
     canvas.paste(base, (0, 0))
     draw = ImageDraw.Draw(canvas)
     stroke = max(1, width // 200)
@@ -165,8 +221,8 @@ def draw_detections(
             label_at(box[0], box[1], mark.text, mark.color)
 
     y = height + 2
-    for line in caption_lines:
-        draw.text((4, y), line, fill=(235, 235, 235), font=font)
+    for line in lines:
+        draw.text((CAPTION_MARGIN, y), line, fill=(235, 235, 235), font=font)
         y += line_height
     return canvas
 

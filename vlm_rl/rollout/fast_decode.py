@@ -19,12 +19,14 @@ On CPU the same loop runs eagerly, which is what the CPU tests check against HF 
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from vlm_rl.models.lora_merge import merged_lora
+from vlm_rl.rollout.fp8 import Fp8Decoder
 
 _ATTN_NAME = "vlmrl_decode_gqa"
 
@@ -122,7 +124,7 @@ class StaticDecoder:
 
     def __init__(self, model, *, eos_ids: list[int], pad_id: int, suppress_ids: list[int] | tuple = (),
                  use_cuda_graph: bool | None = None, length_multiple: int = 64, compile_step: bool = False,
-                 keep_cache: bool = False, merge_lora: bool = True):
+                 keep_cache: bool = False, merge_lora: bool = True, fp8: bool = False):
         self.model = model
         self.lm = unwrap_causal_lm(model)
         if not supports_fast_decode(model):
@@ -147,6 +149,8 @@ class StaticDecoder:
         self.last_timings: dict[str, float] = {}
         self.last_logprobs: torch.Tensor | None = None
         self.merged_modules = 0
+        # FP8 rollouts (rollout/fp8.py): the decoder's projections in e4m3, refreshed from the folded weights
+        self.fp8 = Fp8Decoder(self.layers) if fp8 else None
         _register_attention()
 
     # -- public --------------------------------------------------------------------------------
@@ -164,8 +168,10 @@ class StaticDecoder:
             with merged:
                 self.merged_modules = merged.count
                 clock.lap("merge")
-                result = self._generate(enc, num_generations, max_new_tokens, temperature, top_p, min_new_tokens,
-                                        generator, graphs, clock, logprobs)
+                with self.fp8.active() if self.fp8 is not None else nullcontext():
+                    clock.lap("quantize")
+                    result = self._generate(enc, num_generations, max_new_tokens, temperature, top_p,
+                                            min_new_tokens, generator, graphs, clock, logprobs)
                 clock.lap("decode")
             clock.lap("unmerge")
             self.last_timings = clock.laps

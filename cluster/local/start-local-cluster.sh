@@ -54,8 +54,16 @@ MLFLOW_URL="http://127.0.0.1:$MLFLOW_PORT"
 if [[ "$START_MLFLOW" == 1 ]]; then
   command -v mlflow >/dev/null || { echo "error: 'mlflow' not on PATH (or pass --no-mlflow)" >&2; exit 1; }
   mkdir -p "$STATE_DIR/mlflow/artifacts"
+  # --app-name vlm-rl: MLflow's server, whose home page -> experiment opens the runs table rather than the
+  # GenAI overview (vlm_rl/tracking/mlflow_app.py); registered by `pip install -e .` of this repository.
+  MLFLOW_APP=(--app-name vlm-rl)
+  if ! "$PYTHON" -c 'import sys; from vlm_rl.tracking.ui_links import app_registered; sys.exit(not app_registered())' 2>/dev/null; then
+    echo "warning: the vlm-rl MLflow app is not installed (run 'pip install -e .' again); MLflow's UI will open" >&2
+    echo "         experiments on its GenAI overview (the links vlm-rl prints still open the runs table)" >&2
+    MLFLOW_APP=()
+  fi
   # setsid: its own process group, so the stop script can end the server and its workers together.
-  setsid mlflow server --host 127.0.0.1 --port "$MLFLOW_PORT" \
+  setsid mlflow server --host 127.0.0.1 --port "$MLFLOW_PORT" "${MLFLOW_APP[@]+"${MLFLOW_APP[@]}"}" \
     --backend-store-uri "sqlite:///$STATE_DIR/mlflow/mlflow.db" \
     --artifacts-destination "$STATE_DIR/mlflow/artifacts" \
     > "$STATE_DIR/mlflow.log" 2>&1 < /dev/null &
@@ -63,6 +71,11 @@ if [[ "$START_MLFLOW" == 1 ]]; then
   # Jobs inherit the raylet's environment: every run on this cluster logs to this server.
   export MLFLOW_TRACKING_URI="$MLFLOW_URL"
 fi
+
+# The cluster's processes inherit this: Ray Train's placement-group cleaner (and any State API call without an
+# address) asks this dashboard instead of autodetecting, which fails with "Found multiple active Ray instances"
+# when another Ray runs on the machine (this cluster's --temp-dir is not Ray's default one).
+export RAY_API_SERVER_ADDRESS="http://127.0.0.1:$DASHBOARD_PORT"
 
 # setsid: the daemons get their own session, so closing this terminal (or the tool that ran this script)
 # does not take the cluster down with it.

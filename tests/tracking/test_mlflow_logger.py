@@ -16,13 +16,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from vlm_rl.tracking.history import load_local_run, read_metrics_jsonl
+from vlm_rl.tracking.history import load_local_run, load_mlflow_run, read_metrics_jsonl
 from vlm_rl.tracking.mlflow_logger import (
     MAX_PARAM_LENGTH,
     RunTracker,
     TrackingUnavailableWarning,
     flatten_params,
 )
+from vlm_rl.tracking.ui_links import APP_NAME, CLASSIC, app_registered, browse_lines, sweep_links
 
 
 def test_flatten_params_nests_and_truncates():
@@ -64,6 +65,31 @@ def test_sqlite_run_round_trip(tmp_path):
     assert local.name == "trial-a" and local.run_id == tracker.run_id
     assert local.params["beta"] == "0.04"
     assert local.metrics["loss"] == [(0, 1.0), (1, 0.9), (2, 0.8)]
+
+    # the charts page leads with the headline curves: copies under "Key metrics/" in MLflow only
+    copy = client.get_metric_history(tracker.run_id, "Key metrics/reward")
+    assert [(m.step, m.value, m.timestamp) for m in copy] == [(m.step, m.value, m.timestamp) for m in history]
+    assert set(run.data.metrics) == {"reward/total", "loss", "Key metrics/reward", "Key metrics/loss"}
+    assert set(local.metrics) == {"reward/total", "loss"}  # metrics.jsonl: each metric once, its own name
+    assert set(load_mlflow_run(tracker.run_id, uri).metrics) == {"reward/total", "loss"}  # readers skip copies
+    _check_printed_links(uri, run.info.experiment_id, tracker.run_id)  # what a run / a sweep prints
+
+
+def _check_printed_links(uri: str, experiment_id: str, run_id: str) -> None:
+    """What a run (``browse_lines``) and a sweep (``links=sweep_links``) print for a run of a SQLite store
+    (classic-UI links, and the `mlflow ui` command with the vlm-rl app when it is installed)."""
+    run_lines = browse_lines(uri, run_id)
+    sweep_lines = browse_lines(uri, run_id, links=sweep_links)
+    for lines in (run_lines, sweep_lines):
+        assert lines[0].startswith("Browse it:  mlflow ui") and lines[0].endswith(f"--backend-store-uri {uri}")
+        assert (f"--app-name {APP_NAME}" in lines[0]) == app_registered()
+        assert all(line.endswith(CLASSIC) for line in lines[1:]), lines  # every link opens the classic pages
+    base = f"http://127.0.0.1:5000/#/experiments/{experiment_id}"
+    assert f"  runs (trials):     {base}{CLASSIC}" in sweep_lines
+    assert f"  sweep results:     {base}/runs/{run_id}/artifacts/sweep{CLASSIC}" in sweep_lines
+    assert f"  rollout pictures:  {base}/runs/{run_id}/artifacts/rollouts{CLASSIC}" in run_lines
+    assert browse_lines(uri, None) == []
+
 
 
 def _free_port() -> int:

@@ -1,15 +1,19 @@
-"""The MLflow UI shows a GRPO run: a real `mlflow server` (SQLite + proxied local artifacts, loopback),
-a tiny GRPO run logging to it over HTTP (vlm-rl creates the experiment), the REST API, and the pages
-rendered by headless Chromium: the run page, and the links a run prints, which must open MLflow 3's classic
-runs table and charts, not its GenAI overview (the page a plain experiment link opens).
+"""The MLflow UI shows a GRPO run: a real `mlflow server --app-name vlm-rl` (SQLite + proxied local artifacts,
+loopback), a tiny GRPO run logging to it over HTTP (vlm-rl creates the experiment), the REST API, and the pages
+rendered by headless Chromium: the run page; the home page -> experiment click a new user makes, which must
+open the classic runs table, not MLflow 3's GenAI overview; and the links a run prints (runs table, charts
+led by the "Key metrics" section).
 
-The screenshots are kept as test-artifacts/mlflow_run_page.png and mlflow_runs_table.png.
+The screenshots are kept as test-artifacts/mlflow_run_page.png, mlflow_home_to_runs.png and mlflow_runs_table.png.
 """
 
 from __future__ import annotations
 
+import base64
+import fcntl
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -22,7 +26,14 @@ import pytest
 
 from tests.conftest import free_port
 from vlm_rl.config import GRPOConfig
-from vlm_rl.tracking.ui_links import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, run_links, run_page_url
+from vlm_rl.tracking.ui_links import (
+    APP_NAME,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    HEADLINE_SECTION,
+    run_links,
+    run_page_url,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +60,7 @@ def mlflow_server(tmp_path_factory):
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
     log = open(folder / "server.log", "w")
     proc = subprocess.Popen(
-        [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+        [mlflow_bin, "server", "--app-name", APP_NAME, "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -98,6 +109,7 @@ def test_rest_api_has_params_metrics_with_steps_and_pictures(grpo_run):
     assert params["num_generations"] == "2" and params["learning_rate"] == "0.0001"
     metric_names = {m["key"] for m in run["data"]["metrics"]}
     assert {"loss", "kl", "reward/total", "reward/format", "samples_per_hour", "time/generation"} <= metric_names
+    assert {f"{HEADLINE_SECTION}/{name}" for name in ("reward", "loss", "kl")} <= metric_names  # charts page leads
     history = api(base, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="reward/total")["metrics"]
     assert sorted(m["step"] for m in history) == [1, 2]
     rollouts = {f["path"] for f in api(base, "artifacts/list", run_id=run["info"]["run_id"], path="rollouts")["files"]}
@@ -141,6 +153,115 @@ def test_run_page_renders_metrics_in_chromium(grpo_run, artifacts_dir, tmp_path)
     assert result.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000, result.stderr[-2000:]
 
 
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: commands on
+    fd 3, replies on fd 4, NUL-terminated JSON), so a test can click like a user; standard library only."""
+
+    def __init__(self, profile: Path):
+        command_r, self._command_w = os.pipe()
+        self._reply_r, reply_w = os.pipe()
+        # the child's ends at fds >= 10, so that the shell can put them on 3 and 4 without a clash
+        child = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (command_r, reply_w)]
+        os.close(command_r)
+        os.close(reply_w)
+        args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={profile}", "--window-size=1400,1000", "--remote-debugging-pipe", "about:blank"]
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f'exec "$0" "$@" 3<&{child[0]} 4>&{child[1]} {child[0]}<&- {child[1]}>&-', *args],
+            pass_fds=child, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        for fd in child:
+            os.close(fd)
+        self._buffer, self._id = b"", 0
+        page = next(t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        self._session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+
+    def send(self, method: str, timeout: float = 30, page: bool = False, **params) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params}
+        if page:
+            message["sessionId"] = self._session
+        os.write(self._command_w, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self._id:  # anything else is an event
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply["result"]
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._reply_r], [], [], left)[0]:
+                raise TimeoutError(f"chromium did not answer {method} in {timeout} s")
+            chunk = os.read(self._reply_r, 1 << 20)
+            if not chunk:
+                raise RuntimeError("chromium exited")
+            self._buffer += chunk
+
+    def js(self, expression: str):
+        result = self.send("Runtime.evaluate", page=True, expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 45):
+        """The expression's value once truthy (polled), else None."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.js(expression)
+            if value:
+                return value
+            time.sleep(0.25)
+        return None
+
+    def click(self, x: float, y: float) -> None:
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", page=True, type=kind, x=x, y=y, button="left", clickCount=1)
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", page=True)["data"]))
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=10)
+            self.proc.wait(timeout=15)
+        except (OSError, RuntimeError, TimeoutError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=15)
+        finally:
+            os.close(self._command_w)
+            os.close(self._reply_r)
+
+
+def test_home_page_then_experiment_opens_the_runs_table(grpo_run, artifacts_dir, tmp_path):
+    """A new user: the server's home page in a fresh browser (no link of ours, no query), a click on the
+    experiment's name -> the classic runs table with the run, not the GenAI overview."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    experiment_id = grpo_run["run"]["info"]["experiment_id"]
+    browser = Browser(tmp_path / "profile-home")
+    try:
+        browser.send("Page.navigate", page=True, url=f"{grpo_run['base']}/")
+        link = browser.wait_for(  # the experiment in the home page's "Recent Experiments"
+            f"(() => {{ const a = [...document.querySelectorAll('a')].find(a => a.innerText.trim() === "
+            f"{json.dumps(EXPERIMENT)}); if (!a) return null; a.scrollIntoView({{block: 'center'}}); "
+            f"const r = a.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        assert link, browser.js("document.body.innerText")[:1500]
+        browser.click(*link)
+        run_name = json.dumps(SETTINGS["run_name"])
+        shown = browser.wait_for(f"document.body.innerText.includes({run_name}) && "
+                                 "document.body.innerText.includes('Run Name') && location.hash")
+        text = browser.js("document.body.innerText")
+        assert shown and shown.startswith(f"#/experiments/{experiment_id}/runs"), (shown, text[:1500])
+        assert "Detect Issues" not in text and "Token Usage" not in text, text[:1500]  # not the GenAI overview
+        shot = artifacts_dir / "mlflow_home_to_runs.png"
+        shot.unlink(missing_ok=True)
+        browser.screenshot(shot)
+        assert shot.stat().st_size > 10_000
+    finally:
+        browser.close()
+
+
 def _text(html: str) -> str:
     import re
 
@@ -161,6 +282,8 @@ def test_printed_links_open_the_classic_runs_table_and_charts(grpo_run, artifact
     charts = _text(chromium(["--dump-dom", links["charts"]], tmp_path / "profile-charts").stdout)
     # the run's model-metrics charts: one section per metric prefix (collapsed past the first few), drawn charts
     assert "Model metrics" in charts and "reward (" in charts and "Detect Issues" not in charts, charts[:1500]
+    sections = charts.split("Auto-refresh", 1)[-1]
+    assert sections.split("(", 1)[0].strip() == HEADLINE_SECTION, sections[:500]  # the first section: key metrics
     assert f"Step {SETTINGS['run_name']} (" in charts, charts[:1500]  # a chart's axis + legend rendered
     shot = artifacts_dir / "mlflow_runs_table.png"
     shot.unlink(missing_ok=True)

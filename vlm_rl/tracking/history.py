@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlm_rl.tracking.ui_links import is_headline_copy
+
 #: ``name -> [(step, value), ...]`` sorted by step.
 Series = dict[str, list[tuple[int, float]]]
 
@@ -88,6 +90,8 @@ def load_mlflow_run(run_id: str, tracking_uri: str | None = None) -> RunHistory:
         raise RunNotFoundError(f"{run_id}: not a file, directory, or run in {tracking_uri or 'MLflow'}: {exc}") from exc
     metrics: Series = {}
     for key in run.data.metrics:
+        if is_headline_copy(key):  # the charts page's copy of a metric read under its own name
+            continue
         metrics[key] = sorted((int(m.step), float(m.value)) for m in client.get_metric_history(run_id, key))
     return RunHistory(
         run_id=run.info.run_id,

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from vlm_rl.tracking.ui_links import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from vlm_rl.tracking.ui_links import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, HEADLINE_METRICS, HEADLINE_SECTION
 
 #: MLflow's limit on a parameter value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
 MAX_PARAM_LENGTH = 6000
@@ -83,6 +83,7 @@ class RunTracker:
         tags: Mapping[str, str] | None = None,
         run_id: str | None = None,
         retry_seconds: float = 30.0,
+        headline_metrics: Mapping[str, str] = HEADLINE_METRICS,
     ) -> None:
         self.local_dir = Path(local_dir).resolve()
         self.local_dir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +100,7 @@ class RunTracker:
         self.artifact_location = artifact_location or (None if remote else (self.local_dir / "mlartifacts").as_uri())
         self.parent_run_id = parent_run_id
         self.retry_seconds = retry_seconds
+        self.headline_metrics = dict(headline_metrics)
         self._tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self._run_id = run_id
         self._experiment_id: str | None = None
@@ -154,7 +156,8 @@ class RunTracker:
         self._flush()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Append to metrics.jsonl, then mirror to MLflow (queued while it is down)."""
+        """Append to metrics.jsonl, then mirror to MLflow (queued while it is down), where the headline
+        metrics also go under ``Key metrics/`` so that the run's charts page leads with them."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -163,6 +166,12 @@ class RunTracker:
             for name, value in rows:
                 f.write(json.dumps({"step": int(step), "name": name, "value": value, "timestamp": now}) + "\n")
         self._pending_metrics.extend(Metric(name, value, now, int(step)) for name, value in rows)
+        # copies that put the headline curves first on MLflow's charts page (see ui_links.HEADLINE_METRICS);
+        # MLflow only: metrics.jsonl keeps each metric once, under its own name
+        self._pending_metrics.extend(
+            Metric(f"{HEADLINE_SECTION}/{self.headline_metrics[name]}", value, now, int(step))
+            for name, value in rows if name in self.headline_metrics
+        )
         self._flush()
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:

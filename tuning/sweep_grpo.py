@@ -351,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# recommended config ({result['recommended_path']}):")
     print(Path(result["recommended_path"]).read_text())
     print(f"# parent MLflow run {result['parent_run_id']} at {result['tracking_uri']}")
+    from vlm_rl.tracking.ui_links import browse_lines, sweep_links  # the trials and results, classic UI
+
+    print("\n".join(browse_lines(result["tracking_uri"], result["parent_run_id"], links=sweep_links)))
     return 0
 
 

@@ -11,9 +11,10 @@ import torch
 from throughput_common import _free, _peak_gb, _reset_peak, summarise
 
 #: result key of each vlm-rl rollout mode
-#: ("colocated-unshared": the learner repeats each prompt per completion, share_prompt_forward off, for an A/B)
-MODE_KEYS = {"colocated": "vlm-rl", "colocated-unshared": "vlm-rl-unshared", "pool": "vlm-rl-pool",
-             "pool-async": "vlm-rl-pool-async"}
+#: ("colocated-unshared": the learner repeats each prompt per completion, share_prompt_forward off, for an A/B;
+#: "colocated-fp8": the same rollout sampling with FP8 projections, rollout_dtype=fp8)
+MODE_KEYS = {"colocated": "vlm-rl", "colocated-unshared": "vlm-rl-unshared", "colocated-fp8": "vlm-rl-fp8",
+             "pool": "vlm-rl-pool", "pool-async": "vlm-rl-pool-async"}
 
 
 def start_pool(model_dir: Path, args, gpu: bool):
@@ -62,7 +63,7 @@ def run_vlmrl(model_dir: Path, train: str, args, mode: str = "colocated") -> dic
         output_dir=tempfile.mkdtemp(prefix="vlmrl-bench-"),
         micro_batch_size=args.micro_batch, compile_layers=args.compile_learner,
         compile_decode=args.compile_decode and not pool_mode,  # the actor gets it through its own kwargs
-        max_staleness=staleness,
+        max_staleness=staleness, rollout_dtype="fp8" if mode == "colocated-fp8" else "model",
         rollout_engine="hf" if args.hf_generate else "fast", rollout_gpus=args.rollout_gpus if pool_mode else 0.0,
         gpus_per_learner=1.0 - args.rollout_gpus if pool_mode and gpu else 1.0,
     )
@@ -86,7 +87,8 @@ def run_vlmrl(model_dir: Path, train: str, args, mode: str = "colocated") -> dic
     else:
         rollout = ColocatedRollout(engine, processor, family, labels=labels, max_image_size=args.image_size,
                                    max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, seed=0,
-                                   fast=not args.hf_generate, compile_decode=config.compile_decode)
+                                   fast=not args.hf_generate, compile_decode=config.compile_decode,
+                                   fp8=config.rollout_dtype == "fp8")
     samples = load_jsonl(train).samples
     rows: list[dict] = []
     phase_peaks: dict[str, float] = {}
@@ -113,6 +115,7 @@ def run_vlmrl(model_dir: Path, train: str, args, mode: str = "colocated") -> dic
         else:
             row.update({f"rollout_{k}": v for k, v in rollout.last_timings.items()})
         row.update(phase_peaks)
+        row.update({k: v for k, v in metrics.items() if k.startswith("tis/")})  # sampler/learner mismatch
         row["tokens"] = metrics["completion_length/mean"] * n
         if gpu:
             row["peak_gb_so_far"] = torch.cuda.max_memory_allocated() / 2**30

@@ -184,6 +184,10 @@ class GRPOConfig(BaseConfig):
         "pool", description="pool = Ray rollout actors; colocated = the learner's own model samples (1 learner)")
     compile_decode: bool = Field(False, description="colocated rollout: torch.compile the CUDA-graphed decode "
                                  "step (GPU; the first rollout compiles for about a minute)")
+    rollout_dtype: Literal["model", "fp8"] = Field(
+        "model", description="fp8 = the fast engine samples with e4m3 copies of the text decoder's projections "
+        "(per-channel scales, quantized from the learner's weights, LoRA folded, at every rollout); the learner "
+        "stays in its dtype and the truncated IS weight (tis_cap, tis_mode) corrects the mismatch")
     share_prompt_forward: bool = Field(
         True, description="learner: run each GRPO group's prompt once and let its completions attend to it "
         "(a block mask; same log-probs and gradients), instead of repeating the prompt per completion")
@@ -206,6 +210,8 @@ class GRPOConfig(BaseConfig):
         if self.max_staleness and self.rollout_mode != "pool":
             raise ValueError("max_staleness: asynchronous GRPO needs rollout_mode=pool (the colocated rollout "
                              "samples with the learner's own model, so it cannot run ahead of it)")
+        if self.rollout_dtype == "fp8" and self.rollout_engine != "fast":
+            raise ValueError("rollout_dtype: fp8 sampling is a mode of the fast engine; set rollout_engine=fast")
         if self.compile_decode and self.rollout_mode != "colocated":
             raise ValueError("compile_decode: only the colocated rollout compiles its decode step; "
                              "set rollout_mode=colocated or leave compile_decode off")

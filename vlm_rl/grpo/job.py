@@ -36,6 +36,7 @@ def rollout_worker_kwargs(config: GRPOConfig, labels: list[str]) -> dict:
         batch_size=config.rollout_batch_size, format_weight=config.format_weight,
         lora_rank=config.lora_r, lora_alpha=config.effective_lora_alpha, seed=config.seed,
         dtype="bfloat16" if config.bf16 else "float32", engine=config.rollout_engine,
+        fp8=config.rollout_dtype == "fp8",
     )
 
 

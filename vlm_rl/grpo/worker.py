@@ -49,7 +49,7 @@ def colocated_rollout(engine, processor, family: str, config: GRPOConfig, labels
     return ColocatedRollout(engine, processor, family, labels=labels, max_image_size=config.max_image_size,
                             max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                             top_p=config.top_p, format_weight=config.format_weight, seed=config.seed,
-                            compile_decode=config.compile_decode)
+                            compile_decode=config.compile_decode, fp8=config.rollout_dtype == "fp8")
 
 
 def train_grpo_worker(cfg: dict) -> None:

@@ -20,11 +20,12 @@ class ColocatedRollout(RolloutEngine):
 
     def __init__(self, model, processor, family: str, *, labels: list[str] | None, max_image_size: int,
                  max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, format_weight: float = 0.5,
-                 seed: int = 0, min_new_tokens: int = 0, fast: bool = True, compile_decode: bool = False):
+                 seed: int = 0, min_new_tokens: int = 0, fast: bool = True, compile_decode: bool = False,
+                 fp8: bool = False):
         super().__init__(model, processor, family, labels=labels, max_image_size=max_image_size,
                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                          format_weight=format_weight, seed=seed, min_new_tokens=min_new_tokens,
-                         engine="fast" if fast else "hf", compile_decode=compile_decode)
+                         engine="fast" if fast else "hf", compile_decode=compile_decode, fp8=fp8)
 
     # -- RolloutPool interface ------------------------------------------------------------------
     def sync_weights(self, state_or_ref, version: int) -> float:

@@ -77,7 +77,7 @@ class RolloutEngine:
     def __init__(self, model, processor, family: str, *, labels: list[str] | None, max_image_size: int,
                  max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, format_weight: float = 0.5,
                  seed: int = 0, min_new_tokens: int = 0, engine: str = "fast", compile_decode: bool = False,
-                 batch_size: int = 0, worker_index: int = 0, logprobs: bool = True):
+                 batch_size: int = 0, worker_index: int = 0, logprobs: bool = True, fp8: bool = False):
         if engine not in ENGINES:
             raise ValueError(f"rollout_engine: expected one of {ENGINES}, got {engine!r}")
         self.model = model
@@ -101,8 +101,10 @@ class RolloutEngine:
         self.decoder: StaticDecoder | None = None
         if engine == "fast" and supports_fast_decode(model):
             self.decoder = StaticDecoder(self._module(), eos_ids=self.eos_ids, pad_id=self.pad_id,
-                                         suppress_ids=NEVER_GENERATE, compile_step=compile_decode)
-        elif engine == "fast":
+                                         suppress_ids=NEVER_GENERATE, compile_step=compile_decode, fp8=fp8)
+        if fp8 and self.decoder is None:
+            log.warning("rollout_dtype=fp8 needs the fast engine; sampling in the model's dtype")
+        elif engine == "fast" and self.decoder is None:
             log.warning("rollout_engine=fast: no static decoder for model_type %r; sampling with HF generate",
                         getattr(lm.config, "model_type", None))
         self.engine = "fast" if self.decoder is not None else "hf"

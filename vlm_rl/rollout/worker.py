@@ -86,6 +86,7 @@ class RolloutWorker:
         min_new_tokens: int = 0,
         compile_decode: bool = False,
         return_logprobs: bool = True,
+        fp8: bool = False,
     ):
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -104,7 +105,7 @@ class RolloutWorker:
             self.model, self.processor, self.family, labels=labels, max_image_size=max_image_size,
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, format_weight=format_weight,
             seed=seed, min_new_tokens=min_new_tokens, engine=engine, compile_decode=compile_decode,
-            batch_size=batch_size, worker_index=worker_index, logprobs=return_logprobs,
+            batch_size=batch_size, worker_index=worker_index, logprobs=return_logprobs, fp8=fp8,
         )
         self.max_image_size = max_image_size
         self.worker_index = worker_index

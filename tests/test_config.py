@@ -45,3 +45,38 @@ def test_cli_names_the_environment_variable(monkeypatch, capsys):
     assert main(["grpo", "--config", RECIPE]) == 2
     err = capsys.readouterr().err
     assert "environment variable LEARNING_RATE='abc'" in err and "(from ray_jobs" not in err
+
+
+def test_a_config_builds_on_its_recipe(tmp_path, monkeypatch):
+    """``recipe: PATH``: the recipe's keys first, the file's own over them (the sweep's recommended.yaml)."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "base.yaml").write_text("num_steps: 7\nbeta: 0.0\nnum_learners: 1\nprompts_per_step: 2\n")
+    mine = tmp_path / "out" / "mine.yaml"
+    mine.parent.mkdir()
+    mine.write_text("recipe: recipes/base.yaml\nbeta: 0.04\n")
+    monkeypatch.chdir(tmp_path)  # relative to the current folder (the repo root) ...
+    config = load_config(GRPOConfig, mine, env={})
+    assert (config.num_steps, config.beta, config.num_learners) == (7, 0.04, 1)
+    (tmp_path / "out" / "near.yaml").write_text("recipe: mine.yaml\nnum_steps: 9\n")  # ... else to the file
+    assert load_config(GRPOConfig, tmp_path / "out" / "near.yaml", env={}).num_steps == 9
+    # a bad value in the recipe names the recipe
+    (tmp_path / "recipes" / "base.yaml").write_text("num_generations: 1\n")
+    assert f"(from {tmp_path / 'recipes' / 'base.yaml'})" in _error(path=mine, env={})
+
+
+def test_recipe_errors_name_the_file(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("recipe: b.yaml\n")
+    b.write_text("recipe: a.yaml\n")
+    assert "a circle of recipes" in _error(path=a, env={})
+    a.write_text("recipe: missing.yaml\n")
+    assert f"{a}: recipe: file not found: missing.yaml" in _error(path=a, env={})
+
+
+def test_a_typo_in_the_recipe_is_named_with_the_recipe(tmp_path):
+    from vlm_rl.commands._common import unknown_keys
+
+    (tmp_path / "base.yaml").write_text("num_generation: 4\n")
+    (tmp_path / "mine.yaml").write_text(f"recipe: {tmp_path / 'base.yaml'}\nbeta: 0.0\n")
+    problems = unknown_keys(GRPOConfig, str(tmp_path / "mine.yaml"), [])
+    assert problems == [f"num_generation ({tmp_path / 'base.yaml'}): not a GRPOConfig key; did you mean num_generations?"]

@@ -40,6 +40,7 @@ class ObjectiveWeights:
 class TrialScore:
     objective: float
     reward_gain: float
+    gain_noise: float | None  # standard error of reward_gain (see gain_noise); None: no estimate yet
     kl_out_of_band: float
     loss_oscillation: float
     reward_collapse: float
@@ -70,6 +71,28 @@ def reward_gain(rewards: Sequence[float], window: int) -> float:
         return 0.0
     k = max(1, min(window, len(rewards) // 2))
     return round(_mean(rewards[-k:]) - _mean(rewards[:k]), 12)
+
+
+def gain_noise(rewards: Sequence[float], window: int) -> float | None:
+    """Standard error of :func:`reward_gain` from the run's own step-to-step reward noise.
+
+    The noise of one step's mean reward is estimated from successive differences, sigma^2 = mean((r[t+1] - r[t])^2)
+    / 2 (von Neumann's estimator: a steady climb barely moves it, so a real trend is not mistaken for noise); the
+    gain is a difference of two k-step means, so its standard error is sigma * sqrt(2 / k). With fewer than two
+    rewards there is no estimate (None, not inf: Tune's loggers reject non-finite values). With two or three steps
+    a gain never exceeds twice this: so few points cannot tell a trend from noise.
+
+    >>> round(gain_noise([0.1, 0.3, 0.1, 0.3], window=3), 4)  # k = 2, sigma = 0.1414
+    0.1414
+    >>> gain_noise([0.2, 0.2, 0.2, 0.2], window=3), gain_noise([0.5], window=3)
+    (0.0, None)
+    """
+    if len(rewards) < 2:
+        return None
+    k = max(1, min(window, len(rewards) // 2))
+    diffs = [b - a for a, b in zip(rewards, rewards[1:])]
+    sigma = math.sqrt(sum(d * d for d in diffs) / len(diffs) / 2)
+    return round(sigma * math.sqrt(2 / k), 12)
 
 
 def reward_collapse(rewards: Sequence[float], window: int) -> float:
@@ -116,9 +139,10 @@ def score_history(
     alarms = sum(code in ALARM_CODES for code in health)
     warnings = len(health) - alarms
     if not all(math.isfinite(v) for v in (*rewards, *losses, *kls)):
-        return TrialScore(BROKEN_OBJECTIVE, 0.0, 1.0, math.inf, math.inf, alarms, warnings, True,
+        return TrialScore(BROKEN_OBJECTIVE, 0.0, None, 1.0, math.inf, math.inf, alarms, warnings, True,
                           "non-finite loss, reward or KL")
     gain = reward_gain(rewards, weights.window)
+    noise = gain_noise(rewards, weights.window)
     collapse = reward_collapse(rewards, weights.window)
     oscillation = loss_oscillation(losses)
     out_of_band = kl_out_of_band(kls, weights.kl_band) if beta > 0 else 0.0
@@ -129,5 +153,5 @@ def score_history(
         reasons.append(f"reward fell {collapse:.3g} below its best")
     if kls and max(kls) >= weights.unstable_kl:
         reasons.append(f"KL reached {max(kls):.3g}")
-    return TrialScore(objective, gain, out_of_band, oscillation, collapse, alarms, warnings, bool(reasons),
+    return TrialScore(objective, gain, noise, out_of_band, oscillation, collapse, alarms, warnings, bool(reasons),
                       "; ".join(reasons))

@@ -3,14 +3,17 @@
     python -m tuning.sweep_grpo --config ray_jobs/configs/recipes/grpo-tiny-cpu.yaml \\
         --space tiny-cpu --num-samples 3 --sweep-dir outputs/sweep [key=value ...]
 
-Without RAY_ADDRESS the sweep starts a private local Ray that advertises the CPUs its trials need; on a
-cluster (RAY_ADDRESS, `ray job submit`) it first checks that ``--max-concurrent`` trials fit and stops in
-seconds with the numbers and an override that fits when they do not (vlm_rl.learner.resources).
+Where it runs (``--address``, default ``auto``): the cluster named by RAY_ADDRESS (`ray job submit` sets it), else a
+Ray cluster already running on this machine (the vlm-rl local cluster of cluster/local/start-local-cluster.sh,
+joined with the settings of its env.sh, or the last `ray start --head`), else a private local Ray that advertises
+the CPUs its trials need. On a cluster it first checks that ``--max-concurrent`` trials fit and stops in seconds
+with the numbers and an override that fits when they do not (vlm_rl.learner.resources).
 
 Each trial reports its score after every step (see ``tuning.trial``); ASHA stops trials that fall
 behind the others at the same step, and a stopper ends any trial whose reward collapses or whose KL
-runs away. At the end the parent run holds the trials table, a plot of the objective per trial, the
-comparison report and the recommended config, which is also printed.
+runs away. At the end the parent run holds the trials table, a plot of the objective per trial and the
+comparison report. A winner is named only when it beats the others beyond the noise (``sweep_verdict``):
+then ``recommended.yaml`` holds the recipe and the knobs it chose, and is printed; else the sweep says so.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import argparse
 import csv
 import json
 import math
+import os
+import statistics
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +39,21 @@ from vlm_rl.commands._common import load_config_with_hints, normalise_tokens
 from vlm_rl.config import ConfigError, GRPOConfig
 
 #: Trial table columns besides the knobs.
-SCORE_COLUMNS = ("objective", "val_map50", "reward_gain", "kl_out_of_band", "loss_oscillation", "reward_collapse", "alarms",
+SCORE_COLUMNS = ("objective", "val_map50", "reward_gain", "gain_noise", "kl_out_of_band", "loss_oscillation", "reward_collapse", "alarms",
                  "warnings", "step", "reward", "samples_per_hour")
 
 
 #: What ASHA may compare trials by (``--stop-on``).
 STOP_ON = ("objective", "val_map50")
+
+#: A winner must lead by more than NOISE_Z standard errors of the difference, and by at least NOISE_FLOOR (in units
+#: of mean reward, like the objective): below that a sweep cannot tell its trials apart (see ``sweep_verdict``).
+NOISE_Z = 2.0
+NOISE_FLOOR = 0.01
+#: Knobs whose trials are repeats of one configuration (the other knobs equal), not configurations of their own.
+REPEAT_KNOBS = ("seed",)
+#: Config keys that are paths or names of one run: never carried into recommended.yaml.
+RUN_KEYS = ("output_dir", "tracking_uri", "run_name", "resume", "train_data", "val_data")
 
 
 class UnstableStopper(Stopper):
@@ -49,6 +64,144 @@ class UnstableStopper(Stopper):
 
     def stop_all(self) -> bool:
         return False
+
+
+# ----------------------------------------------------------------------------- which Ray the sweep runs on
+@dataclass(frozen=True)
+class FoundCluster:
+    """A Ray cluster running on this machine: its GCS address, how it was found, and the environment that joins
+    it (the vlm-rl local cluster's env.sh: token auth, its MLflow server)."""
+
+    address: str
+    source: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def local_cluster_dir() -> Path:
+    """Where cluster/local/start-local-cluster.sh keeps its state (VLMRL_LOCAL_DIR, as the script reads it)."""
+    return Path(os.environ.get("VLMRL_LOCAL_DIR") or Path.home() / ".vlm-rl" / "local-cluster")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The ``export KEY=VALUE`` lines of the local cluster's env.sh (quotes removed); {} when there is none."""
+    found: dict[str, str] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        key, sep, value = line.strip().removeprefix("export ").partition("=")
+        if sep and key.isidentifier() and not line.lstrip().startswith("#"):
+            found[key] = value.strip().strip("'\"")
+    return found
+
+
+def running_gcs_addresses() -> set[str]:
+    """``host:port`` of every Ray GCS process on this machine (from their command lines, as Ray finds them)."""
+    from ray._private import services
+
+    services.find_gcs_addresses.cache_clear()
+    return set(services.find_gcs_addresses())
+
+
+def _port(address: str) -> str:
+    return address.strip().rsplit(":", 1)[-1]
+
+
+def find_cluster() -> FoundCluster | None:
+    """The Ray cluster on this machine a sweep started without RAY_ADDRESS should join, or None.
+
+    Candidates, first match wins, each only while its GCS process is running (a stopped cluster leaves its address
+    file behind): VLMRL_GCS_ADDRESS (set by sourcing the local cluster's env.sh); the vlm-rl local cluster's state
+    folder (its ``ray/ray_current_cluster``, joined with its env.sh: token auth, MLflow server); Ray's own record
+    of the last `ray start` (``ray_current_cluster`` in the default temp dir, what ``ray.init("auto")`` reads).
+    Other Ray instances (someone's test cluster) are not guessed at: the sweep then runs on a private Ray.
+    """
+    import ray._private.utils as ray_utils
+
+    running = running_gcs_addresses()
+    if not running:
+        return None
+    candidates: list[FoundCluster] = []
+    if os.environ.get("VLMRL_GCS_ADDRESS"):
+        candidates.append(FoundCluster(os.environ["VLMRL_GCS_ADDRESS"], "VLMRL_GCS_ADDRESS"))
+    state = local_cluster_dir()
+    env = read_env_file(state / "env.sh")
+    try:
+        recorded = (state / "ray" / "ray_current_cluster").read_text().strip()
+    except OSError:
+        recorded = env.get("VLMRL_GCS_ADDRESS", "")
+    if recorded:
+        join = {k: v for k, v in env.items() if k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI")}
+        candidates.append(FoundCluster(recorded, f"the vlm-rl local cluster ({state})", join))
+    last_start = ray_utils.read_ray_address()
+    if last_start:
+        candidates.append(FoundCluster(last_start, "the last `ray start` on this machine"))
+    ports = {_port(a) for a in running}
+    return next((c for c in candidates if _port(c.address) in ports), None)
+
+
+def refresh_ray_auth() -> None:
+    """Ray caches its auth mode; refresh it after RAY_AUTH_MODE changed, as Ray itself does when it turns token
+    auth on (``_enable_token_auth``)."""
+    from ray._raylet import Config
+
+    Config.initialize("")
+
+
+def choose_cluster(address: str = "auto") -> FoundCluster | None:
+    """Point RAY_ADDRESS at the cluster the sweep runs on, before Ray starts; returns the cluster found (auto).
+
+    ``auto``: RAY_ADDRESS when set (`ray job submit`), else ``find_cluster()`` (its env.sh settings added where
+    the shell has none), else unset: a private local Ray. ``local``: always a private Ray. ``HOST:PORT``: that
+    cluster.
+    """
+    if address == "local":
+        os.environ.pop("RAY_ADDRESS", None)
+        return None
+    if address != "auto":
+        os.environ["RAY_ADDRESS"] = address
+        return None
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    found = find_cluster()
+    if found is None:
+        return None
+    auth_before = (os.environ.get("RAY_AUTH_MODE"), os.environ.get("RAY_AUTH_TOKEN_PATH"))
+    for key, value in found.env.items():
+        if key == "MLFLOW_TRACKING_URI":
+            os.environ.setdefault(key, value)  # the shell's own choice of store wins
+        else:
+            os.environ[key] = value  # the cluster's auth is what joining it takes
+    if (os.environ.get("RAY_AUTH_MODE"), os.environ.get("RAY_AUTH_TOKEN_PATH")) != auth_before:
+        refresh_ray_auth()
+    os.environ["RAY_ADDRESS"] = found.address
+    print(f"[sweep] joining the Ray cluster running at {found.address} ({found.source}); "
+          "--address local runs on a private Ray instead", file=sys.stderr)
+    return found
+
+
+def connect(base: GRPOConfig, trials: int, found: FoundCluster | None) -> None:
+    """``connect_ray`` (join RAY_ADDRESS or start a private Ray, then check that the trials fit). A cluster that
+    ``choose_cluster`` found but that refuses us (token auth without the token, a version mismatch) is left, with
+    one line saying why, for a private Ray: never a traceback."""
+    from vlm_rl.learner.job_common import connect_ray
+
+    try:
+        connect_ray(base, sweep_trials=trials)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        if found is None:
+            raise
+        import ray
+
+        ray.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"[sweep] could not join {found.address} ({found.source}): {reason}; running on a private Ray",
+              file=sys.stderr)
+        connect_ray(base, sweep_trials=trials)
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -113,15 +266,138 @@ def trials_table(results: Sequence[tuple[Mapping[str, Any], Mapping[str, Any], B
     return sorted(rows, key=key, reverse=True)
 
 
-def pick_best(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The best completed trial (rows come sorted by ``trials_table``); else the best scored one."""
+@dataclass(frozen=True)
+class Verdict:
+    """``winner``: the row whose knobs are recommended, None when no trial beats the others beyond the noise;
+    ``leader``: the best row by objective either way; ``text``: the reason, in a sentence."""
+
+    winner: Mapping[str, Any] | None
+    leader: Mapping[str, Any] | None
+    text: str
+
+
+@dataclass
+class _Config:
+    """The trials of one configuration (repeats differ only in REPEAT_KNOBS): mean objective and gain, and the
+    standard error of those means."""
+
+    rows: list[Mapping[str, Any]] = field(default_factory=list)
+
+    @property
+    def best(self) -> Mapping[str, Any]:
+        return max(self.rows, key=lambda r: r["objective"])
+
+    @property
+    def objective(self) -> float:
+        return statistics.fmean(r["objective"] for r in self.rows)
+
+    @property
+    def gain(self) -> float:
+        return statistics.fmean(_number(r.get("reward_gain"), 0.0) for r in self.rows)
+
+    @property
+    def noise(self) -> float:
+        """Within the runs: their gains' standard errors, combined for the mean; across repeats: the standard
+        error of the mean objective. The larger of the two."""
+        within = math.sqrt(sum(_number(r.get("gain_noise"), math.inf) ** 2 for r in self.rows)) / len(self.rows)
+        if len(self.rows) < 2:
+            return within
+        between = statistics.stdev(r["objective"] for r in self.rows) / math.sqrt(len(self.rows))
+        return max(within, between)
+
+    @property
+    def label(self) -> str:
+        repeats = len(self.rows) - 1
+        return f"{self.best['trial'] or '?'}" + (f" (+{repeats} repeat{'s' * (repeats > 1)})" if repeats else "")
+
+
+def _number(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def sweep_verdict(rows: Sequence[Mapping[str, Any]], knobs: Sequence[str], *, z: float = NOISE_Z,
+                  floor: float = NOISE_FLOOR) -> Verdict:
+    """Name a winner only when it beats the others beyond the noise.
+
+    Trials that differ only in REPEAT_KNOBS (seeds) are one configuration, scored by their mean. Completed
+    trials are compared (the scored ones when none completed). The best configuration wins when
+
+    1. its reward gain exceeds ``max(z * noise, floor)``: it improved the reward beyond its own step-to-step noise
+       (``tuning.objective.gain_noise``; across repeats, the spread of their objectives), and
+    2. its objective leads the runner-up's by more than ``max(z * sqrt(noise_1^2 + noise_2^2), floor)``.
+
+    Otherwise no knob is recommended: the sweep says which test failed, with the numbers.
+    """
     scored = [r for r in rows if isinstance(r.get("objective"), (int, float))]
-    return scored[0] if scored else None
+    if not scored:
+        return Verdict(None, None, "no trial produced a score")
+    pool = [r for r in scored if r.get("status") == "completed"] or scored
+    config_knobs = [k for k in knobs if k not in REPEAT_KNOBS]
+    configs: dict[tuple[str, ...], _Config] = {}
+    for row in pool:
+        configs.setdefault(tuple(repr(row.get(k)) for k in config_knobs), _Config()).rows.append(row)
+    ranked = sorted(configs.values(), key=lambda c: c.objective, reverse=True)
+    top = ranked[0]
+    needed = max(z * top.noise, floor)
+    if not top.gain > needed:
+        return Verdict(None, top.best, (
+            f"no clear winner: the best trial, {top.label} (objective {top.objective:.3g}), improved the reward by "
+            f"{top.gain:.3g} ± {top.noise:.2g}, which is not beyond the noise (needs more than {needed:.2g}: "
+            f"{z:g} standard errors and at least {floor:g}); run more steps or repeat seeds to tell the trials apart"))
+    if len(ranked) == 1:
+        return Verdict(top.best, top.best, (
+            f"winner: {top.label}, the only configuration scored: reward gain {top.gain:.3g} ± {top.noise:.2g}"))
+    second = ranked[1]
+    lead = top.objective - second.objective
+    margin = max(z * math.hypot(top.noise, second.noise), floor)
+    if not lead > margin:
+        return Verdict(None, top.best, (
+            f"no clear winner: {top.label} (objective {top.objective:.3g}) leads {second.label} "
+            f"({second.objective:.3g}) by {lead:.3g}, within the noise margin {margin:.2g} ({z:g} standard errors "
+            f"of the difference, at least {floor:g}); run more steps or repeat seeds to tell them apart"))
+    return Verdict(top.best, top.best, (
+        f"winner: {top.label}: objective {top.objective:.3g} (reward gain {top.gain:.3g} ± {top.noise:.2g}), "
+        f"ahead of {second.label} by {lead:.3g}, beyond the noise margin {margin:.2g}"))
 
 
 def recommended_config(base: GRPOConfig, best: Mapping[str, Any], knobs: Sequence[str]) -> GRPOConfig:
     """``base`` with the best trial's knobs, validated like any user config."""
     return GRPOConfig(**{**base.model_dump(mode="json"), **{k: best[k] for k in knobs}})
+
+
+def recipe_reference(recipe: str | os.PathLike) -> str:
+    """How recommended.yaml names its recipe: relative to the current folder when inside it (the repository root,
+    as the recipes' launch commands assume, also inside a `ray job submit` working_dir), else absolute."""
+    path = Path(recipe).resolve()
+    try:
+        return path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value  # numpy scalars from a sampler
+
+
+def recommended_yaml(winner: Mapping[str, Any], knobs: Sequence[str], *, recipe: str | os.PathLike | None,
+                     overrides: Sequence[str] = (), header: Sequence[str] = ()) -> str:
+    """recommended.yaml: ``recipe:`` (when the sweep had one) and the knobs the sweep chose, nothing else: no
+    output_dir, no tracking URI, no copy of every default. The sweep's other ``key=value`` overrides (a shortened
+    ``num_steps``, a ``cpus_per_learner`` that fit the cluster) are listed in a comment, to repeat them by hand."""
+    chosen = {k: _plain(winner[k]) for k in knobs if k not in REPEAT_KNOBS}
+    other = [o for o in overrides if o.partition("=")[0].strip().lstrip("-").replace("-", "_").lower()
+             not in (*chosen, *RUN_KEYS)]
+    lines = [f"# {line}" for line in header]
+    lines.append("# Run it: vlm-rl grpo --config recommended.yaml output_dir=...   (or python -m ray_jobs.grpo --config ...)")
+    if other:
+        lines.append(f"# The sweep's trials also ran with: {' '.join(other)} (not carried over; add them to repeat)")
+    body: dict[str, Any] = {}
+    if recipe is not None:
+        body["recipe"] = recipe_reference(recipe)
+    else:
+        lines.append("# No recipe: every other key keeps the GRPOConfig default.")
+    body.update(chosen)
+    return "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False)
 
 
 def objective_figure(rows: Sequence[Mapping[str, Any]], histories: Mapping[str, Sequence[tuple[int, float]]]):
@@ -166,8 +442,8 @@ def print_table(rows: Sequence[Mapping[str, Any]], knobs: Sequence[str]) -> None
     from rich.table import Table
 
     table = Table(title="GRPO sweep trials (best first)")
-    columns = ["trial", "status", *knobs, "objective", "reward_gain", "kl_out_of_band", "loss_oscillation",
-               "reward_collapse", "step"]
+    columns = ["trial", "status", *knobs, "objective", "reward_gain", "gain_noise", "kl_out_of_band",
+               "loss_oscillation", "reward_collapse", "step"]
     for column in columns:
         table.add_column(column, overflow="fold")  # never cut a trial name or a status to "tri…"
     for row in rows:
@@ -185,6 +461,13 @@ def _reward_points(output_dir: str) -> list[tuple[int, float]]:
     return [(s, r["reward/total"]) for s, r in sorted(rows.items()) if "reward/total" in r]
 
 
+def check_stop_on(base: GRPOConfig, stop_on: str) -> None:
+    if stop_on not in STOP_ON:
+        raise ConfigError(f"--stop-on: expected one of {STOP_ON}, got {stop_on!r}")
+    if stop_on == "val_map50" and not base.eval_steps:
+        raise ConfigError("--stop-on val_map50: needs eval_steps > 0 (the trials must evaluate on val_data)")
+
+
 def run_sweep(
     base: GRPOConfig,
     space: Mapping[str, Any],
@@ -197,18 +480,21 @@ def run_sweep(
     weights: ObjectiveWeights = ObjectiveWeights(),
     seed: int = 0,
     stop_on: str = "objective",
+    recipe: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    cluster: FoundCluster | None = None,
 ) -> dict[str, Any]:
-    """Run the sweep; returns ``{parent_run_id, rows, best, recommended_path, sweep_dir}``.
+    """Run the sweep; returns ``{parent_run_id, rows, best, verdict, recommended_path, sweep_dir, tracking_uri}``
+    (``best``: the winner, None when no trial beats the others beyond the noise; ``recipe`` and ``overrides``: what
+    recommended.yaml refers to; ``cluster``: the running cluster ``choose_cluster`` picked, left for a private Ray
+    when it cannot be joined).
 
     ``stop_on``: what ASHA compares trials by at each rung: ``objective`` (reward gain, penalised for KL and
     instability) or ``val_map50`` (the latest val mAP@0.5: needs ``eval_steps`` and ``val_data``; each trial
     then also evaluates before its first step, so every report carries one).
     """
-    if stop_on not in STOP_ON:
-        raise ConfigError(f"--stop-on: expected one of {STOP_ON}, got {stop_on!r}")
+    check_stop_on(base, stop_on)
     if stop_on == "val_map50":
-        if not base.eval_steps:
-            raise ConfigError("--stop-on val_map50: needs eval_steps > 0 (the trials must evaluate on val_data)")
         base = base.model_copy(update={"eval_on_start": True})
     from mlflow.tracking import MlflowClient
     from ray import tune
@@ -216,12 +502,11 @@ def run_sweep(
     from ray.tune.search import BasicVariantGenerator
 
     from tuning.trial import grpo_trial
-    from vlm_rl.learner.job_common import connect_ray
     from vlm_rl.reports.compare import write_report
     from vlm_rl.tracking.mlflow_logger import RunTracker
 
     # First: a sweep that cannot fit the cluster fails here, in seconds, before any run is recorded.
-    connect_ray(base, sweep_trials=max_concurrent_trials)
+    connect(base, max_concurrent_trials, cluster)
     sweep = Path(sweep_dir or base.output_dir).resolve()
     sweep.mkdir(parents=True, exist_ok=True)
     uri = base.tracking_uri or f"sqlite:///{sweep / 'mlflow.db'}"
@@ -265,7 +550,8 @@ def run_sweep(
         results = [(r.config or {}, r.metrics or {}, r.error) for r in grid]
         rows = trials_table(results, knobs)
         _close_trial_runs(MlflowClient(uri), rows)
-        best = pick_best(rows)
+        verdict = sweep_verdict(rows, knobs)
+        best = verdict.winner
         csv_path, json_path = write_table(rows, sweep)
         for path in (csv_path, json_path):
             parent.log_artifact(path, "sweep")
@@ -278,21 +564,24 @@ def run_sweep(
         if dirs:
             parent.log_artifact(write_report(dirs, sweep / "comparison.html"), "sweep")
         recommended_path = None
+        parent.set_tags({"vlm_rl.sweep.verdict": verdict.text})
+        stale = sweep / "recommended.yaml"
+        if stale.is_file():  # an earlier sweep's recommendation in this folder would read as this one's
+            stale.unlink()
         if best is not None:
-            recommended = recommended_config(base, best, knobs)
-            # absolute, so the recommended file runs from any folder (and on a cluster, see cluster/README.md)
-            recommended = recommended.model_copy(update={"output_dir": str(Path(base.output_dir).resolve())})
+            recommended_config(base, best, knobs)  # the knobs validate over the base, like any user config
             recommended_path = sweep / "recommended.yaml"
-            header = (f"# Recommended by GRPO sweep {parent.run_id}: trial {best['trial']} "
-                      f"(objective {best['objective']:.4g}, {best['status']})\n")
-            recommended_path.write_text(header + yaml.safe_dump(recommended.model_dump(mode="json"), sort_keys=True))
+            header = [f"Recommended by GRPO sweep {parent.run_id} ({uri}):", verdict.text]
+            recommended_path.write_text(recommended_yaml(best, knobs, recipe=recipe, overrides=overrides,
+                                                         header=header))
             parent.log_artifact(recommended_path, "sweep")
             parent.log_metrics({"best_objective": float(best["objective"])}, step=0)
             parent.set_tags({"vlm_rl.best_trial": best["trial"], "vlm_rl.best_run_id": best["run_id"]})
         status = "FINISHED"
         print_table(rows, knobs)
-        return {"parent_run_id": parent.run_id, "rows": rows, "best": best, "sweep_dir": str(sweep),
-                "recommended_path": str(recommended_path) if recommended_path else None, "tracking_uri": uri}
+        return {"parent_run_id": parent.run_id, "rows": rows, "best": best, "verdict": verdict.text,
+                "sweep_dir": str(sweep), "recommended_path": str(recommended_path) if recommended_path else None,
+                "tracking_uri": uri}
     finally:
         parent.finish(status)
 
@@ -327,6 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the search (trials keep the config's seed)")
     parser.add_argument("--stop-on", choices=STOP_ON, default="objective",
                         help="what ASHA stops trials on: the objective, or the latest val mAP@0.5 (needs eval_steps)")
+    parser.add_argument("--address", default="auto",
+                        help="Ray to run on: auto (default) = RAY_ADDRESS, else a cluster running here (the vlm-rl "
+                             "local cluster, the last `ray start`), else a private local Ray; local = always a "
+                             "private Ray; HOST:PORT = that cluster")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the base config")
     return parser
 
@@ -339,17 +632,27 @@ def main(argv: list[str] | None = None) -> int:
         space = load_space(args.space)
         if args.num_samples < 1:
             raise ConfigError(f"--num-samples: must be at least 1, got {args.num_samples}")
+        check_stop_on(base, args.stop_on)
+        cluster = choose_cluster(args.address)  # after every check that needs no Ray
+        if cluster is not None and base.tracking_uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
+            # the joined local cluster's MLflow server (its env.sh), as for the jobs submitted to it
+            base = load_config_with_hints(GRPOConfig, args.config, args.overrides)
         result = run_sweep(base, space, num_samples=args.num_samples, sweep_dir=args.sweep_dir,
                            max_concurrent_trials=args.max_concurrent, grace_period=args.grace_period,
-                           reduction_factor=args.reduction_factor, seed=args.seed, stop_on=args.stop_on)
+                           reduction_factor=args.reduction_factor, seed=args.seed, stop_on=args.stop_on,
+                           recipe=args.config, overrides=args.overrides, cluster=cluster)
     except ConfigError as exc:  # a bad config, or a sweep the cluster cannot fit
         print(f"tuning.sweep_grpo: {exc}", file=sys.stderr)
         return 2
-    if result["recommended_path"] is None:
+    if not any(isinstance(r.get("objective"), (int, float)) for r in result["rows"]):
         print("tuning.sweep_grpo: no trial produced a score; see the trials table", file=sys.stderr)
         return 1
-    print(f"# recommended config ({result['recommended_path']}):")
-    print(Path(result["recommended_path"]).read_text())
+    print(f"# verdict: {result['verdict']}")
+    if result["recommended_path"] is not None:
+        print(f"# recommended config ({result['recommended_path']}):")
+        print(Path(result["recommended_path"]).read_text())
+    else:
+        print("# no recommended config: no trial beats the others beyond the noise (trials.csv has every score)")
     print(f"# parent MLflow run {result['parent_run_id']} at {result['tracking_uri']}")
     from vlm_rl.tracking.ui_links import browse_lines, sweep_links  # the trials and results, classic UI
 

@@ -249,6 +249,53 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+#: A config file may build on a recipe: ``recipe: PATH`` (a relative PATH is looked up from the current folder,
+#: then from the file's own folder); the recipe's keys are read first, the file's own keys override them. The
+#: sweep's recommended.yaml is such a file: the recipe plus the knobs the sweep chose.
+RECIPE_KEY = "recipe"
+
+
+def _find_recipe(ref: Any, path: str | os.PathLike) -> Path:
+    target = Path(str(ref)).expanduser()
+    candidates = [target] if target.is_absolute() else [Path.cwd() / target, Path(path).parent / target]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{path}: {RECIPE_KEY}: file not found: {ref} (looked for {', '.join(map(str, candidates))})")
+
+
+def read_config_file(
+    path: str | os.PathLike, _chain: tuple[Path, ...] = ()
+) -> tuple[dict[str, Any], dict[str, str]]:
+    r"""The keys of a YAML config (lower-cased), with its ``recipe:`` chain resolved; and which file set each key.
+
+    >>> import tempfile; folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "base.yaml").write_text("num_steps: 3\nbeta: 0.0\n")
+    >>> _ = (folder / "mine.yaml").write_text("recipe: base.yaml\nbeta: 0.04\n")
+    >>> values, origin = read_config_file(folder / "mine.yaml")
+    >>> values, Path(origin["num_steps"]).name, Path(origin["beta"]).name
+    ({'num_steps': 3, 'beta': 0.04}, 'base.yaml', 'mine.yaml')
+    """
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config keys")
+    values = {str(k).lower(): v for k, v in loaded.items()}
+    origin = {k: str(path) for k in values}
+    ref = values.pop(RECIPE_KEY, None)
+    origin.pop(RECIPE_KEY, None)
+    if ref is None:
+        return values, origin
+    recipe = _find_recipe(ref, path)
+    here = Path(path).resolve()
+    if recipe.resolve() in (*_chain, here):
+        raise ConfigError(f"{path}: {RECIPE_KEY}: {ref} leads back to a file already read (a circle of recipes)")
+    base_values, base_origin = read_config_file(recipe, (*_chain, here))
+    return {**base_values, **values}, {**base_origin, **origin}
+
+
 def load_config(
     cls: type[C],
     path: str | os.PathLike | None = None,
@@ -263,14 +310,7 @@ def load_config(
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}  # field -> where its value came from, for the error message
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of config keys")
-        values.update({k.lower(): v for k, v in loaded.items()})
-        origin.update({k.lower(): str(path) for k in loaded})
+        values, origin = read_config_file(path)
     env = os.environ if env is None else env
     for name, field in ENV_NAMES.items():
         if name in env and field in cls.model_fields:

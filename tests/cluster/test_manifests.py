@@ -369,3 +369,13 @@ def test_torch_load_calls_are_weights_only() -> None:
             calls = torch_load_calls(path.read_text())
             unsafe += [f"{path.relative_to(REPO)}:{n}" for n, safe in calls if not safe]
     assert unsafe == []
+
+
+def test_local_cluster_processes_know_their_own_dashboard() -> None:
+    """Issue 26 item 5: the local cluster runs under its own --temp-dir, so its processes cannot autodetect it
+    when another Ray runs on the machine (Ray Train's placement-group cleaner died with "Found multiple active
+    Ray instances"); `ray start` is given RAY_API_SERVER_ADDRESS, which every process of the cluster inherits."""
+    text = (CLUSTER / "local" / "start-local-cluster.sh").read_text()
+    export = 'export RAY_API_SERVER_ADDRESS="http://127.0.0.1:$DASHBOARD_PORT"'
+    assert export in text and text.index(export) < text.index("ray start --head")
+    assert "--dashboard-port=\"$DASHBOARD_PORT\"" in text

@@ -9,6 +9,7 @@ import pytest
 from tuning.objective import (
     BROKEN_OBJECTIVE,
     ObjectiveWeights,
+    gain_noise,
     kl_out_of_band,
     loss_oscillation,
     reward_collapse,
@@ -90,3 +91,17 @@ def test_partial_histories_score_without_error():
 )
 def test_components(fn, args, expected):
     assert fn(*args) == pytest.approx(expected)
+
+
+def test_gain_noise_separates_a_trend_from_noise():
+    """The reward gain's standard error (issue 26 item 5): a steady climb is far beyond it, a zig-zag is not, and
+    two or three steps are never beyond twice it (too few points to tell a trend from noise)."""
+    climb = [0.1 * i for i in range(10)]
+    assert reward_gain(climb, 3) > 2 * gain_noise(climb, 3)
+    zigzag = [0.1, 0.5, 0.1, 0.5, 0.1, 0.5, 0.2, 0.5]
+    assert reward_gain(zigzag, 3) < 2 * gain_noise(zigzag, 3)
+    for rewards in ([0.0, 0.3], [0.0, 0.1, 0.3], [0.0, 0.3, 0.31], [0.2, 0.2, 0.9]):
+        assert abs(reward_gain(rewards, 3)) <= 2 * gain_noise(rewards, 3) + 1e-12, rewards
+    assert gain_noise([0.4], 3) is None
+    score = score_history(history(climb), beta=0.0)
+    assert score.gain_noise == pytest.approx(gain_noise(climb, 3)) and "gain_noise" in score.as_metrics()

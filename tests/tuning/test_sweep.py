@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from tuning.search_spaces import space_from_spec
@@ -31,9 +33,13 @@ SPACE = {"num_generations": {"grid": [2, 4]}, "beta": {"choice": [0.0, 0.04]},
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
-    base = GRPOConfig(**BASE, output_dir=str(folder))
+    recipe = folder / "recipe.yaml"  # what recommended.yaml refers to
+    recipe.write_text(yaml.safe_dump(BASE))
+    base = load_config(GRPOConfig, recipe, [f"output_dir={folder}"], env={})
+    (folder / "recommended.yaml").write_text("output_dir: /an/earlier/sweep\n")  # must not survive this sweep
     # ASHA compares trials by val mAP@0.5 (issue 23): every report carries the latest evaluation
-    return run_sweep(base, space_from_spec(SPACE), num_samples=1, sweep_dir=folder, seed=0, stop_on="val_map50")
+    return run_sweep(base, space_from_spec(SPACE), num_samples=1, sweep_dir=folder, seed=0, stop_on="val_map50",
+                     recipe=recipe, overrides=[f"output_dir={folder}"])
 
 
 def test_parent_run_has_two_nested_trials(sweep):
@@ -59,11 +65,14 @@ def test_parent_run_has_two_nested_trials(sweep):
 def test_parent_artifacts_and_table(sweep):
     client = MlflowClient(sweep["tracking_uri"])
     listed = {a.path for a in client.list_artifacts(sweep["parent_run_id"], "sweep")}
-    assert {"sweep/trials.csv", "sweep/trials.json", "sweep/objective_per_trial.png", "sweep/comparison.html",
-            "sweep/recommended.yaml"} <= listed
+    assert {"sweep/trials.csv", "sweep/trials.json", "sweep/objective_per_trial.png", "sweep/comparison.html"} <= listed
+    assert ("sweep/recommended.yaml" in listed) == (sweep["best"] is not None)
+    tags = client.get_run(sweep["parent_run_id"]).data.tags
+    assert tags["vlm_rl.sweep.verdict"] == sweep["verdict"]
     rows = json.loads((sweep_dir(sweep) / "trials.json").read_text())
     assert len(rows) == 2 and all(isinstance(r["objective"], float) for r in rows)
     assert all(isinstance(r["val_map50"], float) and 0.0 <= r["val_map50"] <= 1.0 for r in rows)
+    assert all(isinstance(r["gain_noise"], float) for r in rows)  # 3 steps each: an estimate of the gain's noise
     params = MlflowClient(sweep["tracking_uri"]).get_run(sweep["parent_run_id"]).data.params
     assert "metric=val_map50" in params["scheduler"] and params["base.eval_on_start"] == "True"
     with (sweep_dir(sweep) / "trials.csv").open() as fh:
@@ -71,7 +80,15 @@ def test_parent_artifacts_and_table(sweep):
     assert any(r["status"] == "completed" for r in rows)  # the first trial is never stopped by ASHA
 
 
-def test_recommended_config_loads_with_best_knobs(sweep):
+def test_recommended_config_only_for_a_winner_beyond_noise(sweep):
+    """3 steps a trial cannot tell a trend from noise (tuning.objective.gain_noise): the sweep says so and
+    recommends nothing; were there a winner, recommended.yaml is the recipe plus its knobs, no paths."""
+    if sweep["best"] is None:
+        assert sweep["verdict"].startswith("no clear winner") and sweep["recommended_path"] is None
+        assert not (sweep_dir(sweep) / "recommended.yaml").exists()  # nor an earlier sweep's
+        return
+    text = Path(sweep["recommended_path"]).read_text()
+    assert "output_dir" not in text and "tracking_uri" not in text
     config = load_config(GRPOConfig, sweep["recommended_path"], env={})
     best = sweep["best"]
     assert (config.num_generations, config.beta, config.learning_rate) == (
@@ -80,8 +97,6 @@ def test_recommended_config_loads_with_best_knobs(sweep):
 
 
 def sweep_dir(sweep):
-    from pathlib import Path
-
     return Path(sweep["sweep_dir"])
 
 

@@ -9,9 +9,7 @@ import textwrap
 import typing
 from pathlib import Path
 
-import yaml
-
-from vlm_rl.config import ENV_NAMES, C, ConfigError, load_config
+from vlm_rl.config import ENV_NAMES, C, ConfigError, load_config, read_config_file
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type | None = None) -> None:
@@ -53,12 +51,11 @@ def unknown_keys(config_cls: type, path: str | None, overrides: list[str]) -> li
     """'key: unknown; did you mean X?' for each key that is not a field of ``config_cls``."""
     keys: list[tuple[str, str]] = []
     if path and Path(path).is_file():
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError:
-            loaded = {}
-        if isinstance(loaded, dict):
-            keys += [(str(k).lower(), f"{path}") for k in loaded]
+        try:  # the file's keys and its recipe's (``recipe: PATH``), each named with the file that set it
+            _, origin = read_config_file(path)
+        except ConfigError:
+            origin = {}
+        keys += list(origin.items())
     for item in overrides:
         key = item.partition("=")[0].strip().lstrip("-").replace("-", "_").lower()
         keys.append((ENV_NAMES.get(key.upper(), key), "override"))

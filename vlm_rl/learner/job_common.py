@@ -130,6 +130,36 @@ def worker_device() -> str:
     return "cpu"
 
 
+def pin_state_api_to_private_cluster() -> int:
+    """A free port for the private cluster's dashboard, named in RAY_API_SERVER_ADDRESS before Ray starts.
+
+    Ray Train's PlacementGroupCleaner (and any State API call made without an address) finds "its" cluster by
+    autodetection: the last `ray start` on this machine, else the GCS processes it sees. With another Ray running
+    here (a local cluster started with its own --temp-dir, someone else's) that is two instances, and the cleaner
+    died with a ``ConnectionError: Found multiple active Ray instances`` traceback (issue 26). The raylet and every
+    worker of a cluster that ``ray.init`` starts inherit this process's environment, so they ask their own
+    dashboard instead.
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    return port
+
+
+def pin_state_api_to_joined_cluster(address: str) -> dict:
+    """``ray.init`` arguments that give a joined cluster's workers for this run its address (RAY_ADDRESS in the
+    job's runtime env), so Ray Train's PlacementGroupCleaner finds it without autodetection (see
+    ``pin_state_api_to_private_cluster``). Not for a `ray job submit` driver, whose runtime env the job brings,
+    nor for an address that is not a GCS ``host:port`` (``auto``, ``ray://``)."""
+    host, sep, port = address.rpartition(":")
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "://" in address or not sep or not host or not port.isdigit():
+        return {}
+    return {"runtime_env": {"env_vars": {"RAY_ADDRESS": address}}}
+
+
 def connect_ray(need: float | BaseConfig = 1, *, sweep_trials: int = 0) -> None:
     """Join the cluster named by RAY_ADDRESS (set by `ray job submit`), else start a private local one;
     then, given the run's config, stop in seconds if the run cannot fit (vlm_rl.learner.resources).
@@ -149,11 +179,14 @@ def connect_ray(need: float | BaseConfig = 1, *, sweep_trials: int = 0) -> None:
         cpus_needed = float(need)
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
+            address = os.environ["RAY_ADDRESS"]
+            ray.init(address=address, logging_level="WARNING", **pin_state_api_to_joined_cluster(address))
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             num_cpus = max(os.cpu_count() or 1, int(cpus_needed + 0.999))
-            ray.init(address="local", num_cpus=num_cpus, logging_level="WARNING")
+            port = pin_state_api_to_private_cluster()
+            ray.init(address="local", num_cpus=num_cpus, logging_level="WARNING", dashboard_host="127.0.0.1",
+                     dashboard_port=port)
     # Ray Train's print patch sends a worker's print() to its logger AND (when anything wrapped stdout)
     # to stdout too: every progress line reached the console twice. Plain prints, once (issue 12).
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")

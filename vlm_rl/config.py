@@ -79,7 +79,13 @@ class BaseConfig(BaseModel):
     lora_r: int = Field(16, ge=0, description="LoRA rank; 0 = full fine-tuning")
     lora_alpha: int | None = Field(None, ge=1, description="None = 2 * lora_r")
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    disable_gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="recompute each decoder layer's activations in the backward pass (memory for time); "
+        "auto = only when a micro-batch's activations would not fit the learner's memory with a margin "
+        "(learner/checkpointing.py decides at model load and logs why)")
+    disable_gradient_checkpointing: bool | None = Field(
+        None, description="the seed script's DISABLE_GRADIENT_CHECKPOINTING: true = gradient_checkpointing false, "
+        "false = gradient_checkpointing true; unset = gradient_checkpointing decides")
     save_every_samples: int = Field(0, ge=0, description="checkpoint every N training samples; 0 = only at end")
     keep_checkpoints: int = Field(2, ge=1)
     resume: str | None = Field(None, description="'auto' (latest in output_dir) or a checkpoint path")
@@ -91,9 +97,18 @@ class BaseConfig(BaseModel):
     compile_layers: bool = Field(False, description="torch.compile each decoder layer for the learner's "
                                  "forward/backward (GPU: fuses the elementwise work; the first step compiles)")
 
-    @property
-    def gradient_checkpointing(self) -> bool:
-        return not self.disable_gradient_checkpointing
+    @model_validator(mode="after")
+    def _map_disable_gradient_checkpointing(self) -> BaseConfig:
+        if self.disable_gradient_checkpointing is None:
+            return self
+        wanted = not self.disable_gradient_checkpointing
+        if "gradient_checkpointing" in self.model_fields_set and self.gradient_checkpointing != wanted:
+            raise ValueError(f"gradient_checkpointing: {self.gradient_checkpointing!r} contradicts "
+                             f"disable_gradient_checkpointing={self.disable_gradient_checkpointing}; set one of them")
+        # (frozen model: set once, while validating; the old spelling is then folded in, so a dump round-trips)
+        object.__setattr__(self, "gradient_checkpointing", wanted)
+        object.__setattr__(self, "disable_gradient_checkpointing", None)
+        return self
 
     @property
     def effective_lora_alpha(self) -> int:

@@ -99,8 +99,21 @@ def test_zero3_on_8_gpus_beats_zero2_on_1_per_gpu():
 
 
 def test_gradient_checkpointing_trades_time_for_memory():
-    on, off = estimate(cfg(), 100), estimate(cfg(disable_gradient_checkpointing=True), 100)
+    on, off = estimate(cfg(gradient_checkpointing=True), 100), estimate(cfg(disable_gradient_checkpointing=True), 100)
     assert on.phases["training"] > off.phases["training"] and on.peak_memory_gb < off.peak_memory_gb
+
+
+def test_auto_checkpointing_is_off_where_the_step_fits_and_on_where_it_does_not():
+    """The learner's rule (learner/checkpointing.py) in the estimate: 2B LoRA fits an H100 without recompute, a
+    full 8B fine-tune on an L4 does not."""
+    fits = estimate(cfg(), 100)
+    assert fits.phases["training"] == estimate(cfg(gradient_checkpointing=False), 100).phases["training"]
+    assert any("gradient_checkpointing auto → off" in a for a in fits.assumptions)
+    big = cfg(model_path="Qwen/Qwen3-VL-8B-Instruct", lora_r=0)
+    tight = estimate(big, 100, "l4")
+    assert tight.peak_memory_gb == estimate(big.model_copy(update={"gradient_checkpointing": True}), 100,
+                                            "l4").peak_memory_gb
+    assert any("gradient_checkpointing auto → on" in a for a in tight.assumptions)
 
 
 def test_faster_hardware_is_faster_and_full_8b_overflows_l4():
@@ -150,9 +163,13 @@ def test_advice_is_ranked_and_matches_reestimates():
 
 
 def test_gradient_checkpointing_off_only_when_it_fits():
-    small = GRPOConfig(model_path="Qwen/Qwen3-VL-2B-Instruct", num_learners=1, max_new_tokens=512)
+    small = GRPOConfig(model_path="Qwen/Qwen3-VL-2B-Instruct", num_learners=1, max_new_tokens=512,
+                       gradient_checkpointing=True)
     assert any("checkpointing off" in a.title for a in advise(small, "h100"))
-    huge = GRPOConfig(model_path="Qwen/Qwen3-VL-8B-Instruct", num_learners=1, lora_r=0, max_new_tokens=512)
+    assert not any("checkpointing off" in a.title for a in advise(small.model_copy(
+        update={"gradient_checkpointing": "auto"}), "h100"))  # auto already turns it off where it fits
+    huge = GRPOConfig(model_path="Qwen/Qwen3-VL-8B-Instruct", num_learners=1, lora_r=0, max_new_tokens=512,
+                      gradient_checkpointing=True)
     assert not any("checkpointing off" in a.title for a in advise(huge, "l4"))
 
 

@@ -26,7 +26,7 @@ DEMO_SETTINGS = dict(
     prompts_per_step=4, num_generations=4, num_steps=30, sft_warmup_steps=150, max_new_tokens=40,
     max_image_size=96, beta=0.0, temperature=0.7, zero_stage=2, log_images_every=5, eval_steps=5,
     format_weight=0.2, synthetic_train_size=1024, synthetic_val_size=32, synthetic_max_objects=1,
-    disable_gradient_checkpointing=True, seed=0,
+    gradient_checkpointing=False, seed=0,
 )
 #: The demo's task: one large stop sign per square picture, never an empty one (a tiny model that
 #: learns "[]" first then answers it everywhere). Real localisation, scored by IoU like any run, but one

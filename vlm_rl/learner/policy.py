@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 
 from vlm_rl.config import BaseConfig
+from vlm_rl.learner.checkpointing import decide as decide_checkpointing
 from vlm_rl.models.families import model_family
 from vlm_rl.models.loading import load_model, load_processor, resolve_model_path
+
+log = logging.getLogger(__name__)
 
 
 def build_policy(config: BaseConfig, device: str = "cpu"):
@@ -18,7 +22,9 @@ def build_policy(config: BaseConfig, device: str = "cpu"):
     dtype = torch.bfloat16 if config.bf16 else torch.float32
     model = load_model(path, dtype=dtype, device=device)
     family = model_family(model.config)
-    if config.gradient_checkpointing:
+    checkpointing = decide_checkpointing(config, model, device)
+    log.info("gradient checkpointing %s (%s)", "on" if checkpointing.enabled else "off", checkpointing.reason)
+    if checkpointing.enabled:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if config.lora_r > 0:
@@ -26,7 +32,7 @@ def build_policy(config: BaseConfig, device: str = "cpu"):
 
         from vlm_rl.models.lora import lora_config
 
-        if config.gradient_checkpointing:
+        if checkpointing.enabled:
             model.enable_input_require_grads()
         model = get_peft_model(model, lora_config(config.lora_r, config.effective_lora_alpha, config.lora_dropout))
     else:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm_rl.config import TINY_MODELS, GRPOConfig
+from vlm_rl.learner.checkpointing import MARGIN as CHECKPOINTING_MARGIN
 
 # ----------------------------------------------------------------------------- documented constants
 PREFILL_MFU = 0.35  # compute-bound prefill, typical for HF eager/SDPA kernels
@@ -236,7 +237,20 @@ def _val_size(config: GRPOConfig) -> int:
     return config.synthetic_val_size
 
 
+def _checkpointing_resolved(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> GRPOConfig:
+    """``gradient_checkpointing: auto`` decided as the learner decides it (learner/checkpointing.py): off when the
+    step's memory without it fits in MARGIN of the GPU, else on."""
+    if config.gradient_checkpointing is True or config.gradient_checkpointing is False:
+        return config
+    off = config.model_copy(update={"gradient_checkpointing": False})
+    _, memory = _model_phases(off, spec, hw)
+    if _peak(memory) <= CHECKPOINTING_MARGIN * hw.memory_gb:
+        return off
+    return config.model_copy(update={"gradient_checkpointing": True})
+
+
 def _model_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[dict[str, float], dict[str, float]]:
+    config = _checkpointing_resolved(config, spec, hw)
     n = spec.params
     peak = hw.peak_tflops * 1e12
     bandwidth = hw.hbm_tbps * 1e12
@@ -364,6 +378,10 @@ def estimate(
     spec = model_spec(config.model_path)
     phases, memory = _model_phases(config, spec, hw)
     assumptions = _assumptions(config, spec, hw)
+    if config.gradient_checkpointing == "auto":
+        on = _checkpointing_resolved(config, spec, hw).gradient_checkpointing
+        assumptions.append(f"gradient_checkpointing auto → {'on' if on else 'off'} (off when the step fits in "
+                           f"{CHECKPOINTING_MARGIN:.0%} of the GPU's memory without it)")
     if calibration is not None:
         phases = {k: v * calibration.factors.get(k, 1.0) for k, v in phases.items()}
         phases.update(calibration.extra_seconds)
@@ -473,8 +491,8 @@ def _variants(config: GRPOConfig) -> list[tuple[str, dict[str, Any], str]]:
                     "one update per rollout: less learning per sampled completion, and the clip never acts"))
     if config.lora_r > 16:
         out.append((f"LORA_R {config.lora_r} → 16", {"lora_r": 16}, "smaller adapter: faster sync, less capacity"))
-    if config.gradient_checkpointing:
-        out.append(("gradient checkpointing off", {"disable_gradient_checkpointing": True},
+    if config.gradient_checkpointing is True:
+        out.append(("gradient checkpointing off", {"gradient_checkpointing": False},
                     "skips the recomputation forward; only offered when the memory estimate fits"))
     out.append((f"rollout workers {config.num_rollout_workers} → {config.num_rollout_workers * 2}",
                 {"num_rollout_workers": config.num_rollout_workers * 2}, "one more model copy per worker (GPUs)"))
@@ -497,7 +515,7 @@ def advise(config: GRPOConfig, hardware: str | Hardware = "h100", num_samples: i
             new = estimate(changed, num_samples, hardware)
         except (ValueError, OSError):
             continue
-        if "disable_gradient_checkpointing" in change and not new.fits:
+        if "gradient_checkpointing" in change and not new.fits:
             continue
         per_prompt_base = base.seconds_per_step / config.prompts_per_step
         per_prompt_new = new.seconds_per_step / changed.prompts_per_step

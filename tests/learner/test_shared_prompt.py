@@ -7,9 +7,10 @@ import torch
 from PIL import Image
 
 from vlm_rl.learner.policy import completion_logprobs
-from vlm_rl.learner.shared_prompt import can_pack, pack_prompt_groups, prompt_groups
+from vlm_rl.learner.shared_prompt import can_pack, pack_prompt_groups, packing_pays, prompt_groups
 from vlm_rl.models.loading import load_model, load_processor
 from vlm_rl.models.prompts import build_policy_inputs
+from vlm_rl.models.tiny import real_architecture_config
 
 
 def test_prompt_groups_are_runs_of_one_prompt():
@@ -34,6 +35,7 @@ def test_packed_logprobs_and_gradients_equal_row_per_completion(request, family)
     completions = [[58, 4913, 17, 90], [60, 61], [58, 60, 5, 6, 7], [1, 2], [7], [11, 12, 13]]
     batch = _batch(processor, side, completions, [2, 3, 1])
     assert can_pack(batch, "sdpa") and not can_pack(batch, "flash_attention_2")
+    assert can_pack(batch, "sdpa", model.config.text_config)  # the cost rule packs it: the packed path is tested
     mask = batch["completion_mask"].bool()
 
     def run(share: bool):
@@ -78,3 +80,14 @@ def test_eager_attention_gets_an_additive_mask(tiny_model_dir):
     packed = pack_prompt_groups(batch, pad_id=0, float_mask_dtype=torch.float32)
     mask = packed["attention_mask"]
     assert mask.dtype == torch.float32 and float(mask.max()) == 0.0 and float(mask.min()) < -1e30
+
+
+def test_packing_is_skipped_where_its_attention_outgrows_what_the_prompt_saves():
+    """8B text decoder: 8 groups of 4 with a 512-px prompt (336 tokens) and 256 completion tokens pack (the
+    prompt's projections run once); 1024-token completions in groups of 16 behind a 100-token prompt do not:
+    the packed row's dense attention grows with (P + kC)², the repeated prompts only with k(P + C)."""
+    text = real_architecture_config("qwen3-vl-8b").text_config
+    assert packing_pays(336, 256, [4] * 8, text)
+    assert packing_pays(1150, 256, [4] * 8, text)  # 1024 px
+    assert not packing_pays(100, 1024, [16], text)
+    assert not packing_pays(336, 1024, [16] * 2, text)

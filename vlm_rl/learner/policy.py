@@ -89,7 +89,8 @@ def completion_logprobs(model, batch: dict, temperature: float = 1.0, share_prom
     if share_prompts and head is not None and hasattr(lm, "model"):
         from vlm_rl.learner.shared_prompt import can_pack
 
-        if can_pack(batch, getattr(lm.config, "_attn_implementation", None)):
+        text_config = getattr(lm.config, "text_config", None)
+        if can_pack(batch, getattr(lm.config, "_attn_implementation", None), text_config):
             return _packed_completion_logprobs(lm, model, batch, temperature)
     if head is not None and hasattr(lm, "model") and not hasattr(head.weight, "ds_id"):
         from vlm_rl.algos.logprobs import chunked_token_logprobs

@@ -26,13 +26,51 @@ def prompt_groups(image_rows: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def can_pack(batch: dict, attn_implementation: str | None) -> bool:
-    """Packing pays when some prompt serves two or more rows, and needs an attention that takes a 4-D mask."""
+#: The packed row runs SDPA's memory-efficient kernel over a dense [L, L] mask: every tile is computed (no causal
+#: skipping) and each costs more than the causal flash kernel's. Per attention FLOP it is taken as this much
+#: dearer than the row-per-completion forward's causal attention (which does half the pairs).
+MASKED_ATTENTION_COST = 1.5
+
+
+def decoder_cost(tokens: int, attention_pairs: float, text_config) -> float:
+    """FLOPs of one decoder pass: projections (2 x a layer's weights per token) + attention (4 x width per
+    query-key pair), per layer. Enough to compare two layouts of the same work."""
+    h = text_config.hidden_size
+    heads = text_config.num_attention_heads
+    head_dim = getattr(text_config, "head_dim", None) or h // heads
+    kv = text_config.num_key_value_heads * head_dim
+    weights = h * heads * head_dim * 2 + 2 * h * kv + 3 * h * text_config.intermediate_size
+    return text_config.num_hidden_layers * (2 * weights * tokens + 4 * heads * head_dim * attention_pairs)
+
+
+def packing_pays(prompt_len: int, completion_len: int, group_sizes: list[int], text_config) -> bool:
+    """Does one packed row per group (P + k·C tokens, dense attention) cost less than k rows of P + C (causal)?
+
+    Usually yes: the prompt's projections are done once. With long completions, large groups and short prompts
+    the packed row's attention, growing with (P + k·C)², outgrows what the prompt saves (k·(P + C)² / 2)."""
+    row = prompt_len + completion_len
+    packed = unpacked = 0.0
+    for k in group_sizes:
+        length = prompt_len + k * completion_len
+        packed += decoder_cost(length, MASKED_ATTENTION_COST * length * length, text_config)
+        unpacked += decoder_cost(k * row, k * row * row / 2, text_config)
+    return packed < unpacked
+
+
+def can_pack(batch: dict, attn_implementation: str | None, text_config=None) -> bool:
+    """Packing needs some prompt serving two or more rows and an attention that takes a 4-D mask, and (given
+    the model's ``text_config``) must cost less than the row-per-completion forward (``packing_pays``)."""
     if attn_implementation not in (None, "sdpa", "eager") or "image_rows" not in batch:
         return False
-    if batch["input_ids"].shape[1] <= int(batch["prompt_length"]):
+    prompt_len = int(batch["prompt_length"])
+    if batch["input_ids"].shape[1] <= prompt_len:
         return False
-    return len(prompt_groups(list(batch["image_rows"]))) < len(batch["image_rows"])
+    groups = prompt_groups(list(batch["image_rows"]))
+    if len(groups) == len(batch["image_rows"]):
+        return False
+    if text_config is None:
+        return True
+    return packing_pays(prompt_len, batch["input_ids"].shape[1] - prompt_len, [k for _, k in groups], text_config)
 
 
 def pack_prompt_groups(batch: dict, pad_id: int, float_mask_dtype: torch.dtype | None = None) -> dict:

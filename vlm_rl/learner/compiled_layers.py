@@ -20,6 +20,8 @@ import functools
 import torch
 import torch.utils.checkpoint
 
+from vlm_rl.models.compile_cache import use_compile_cache
+
 
 def text_decoder_layers(model) -> list[torch.nn.Module]:
     """The language model's decoder layers inside any DeepSpeed engine / PEFT wrapper."""
@@ -55,6 +57,7 @@ class CompiledLayers:
         key = (i, checkpointed)
         if key not in self._fns:
             body = _checkpointed if checkpointed else _plain
+            use_compile_cache()  # kept across runs under $VLM_RL_CACHE (models/compile_cache.py)
             self._fns[key] = torch.compile(functools.partial(body, self.layers[i]))
         return self._fns[key]
 

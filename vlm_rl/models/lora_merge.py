@@ -85,6 +85,9 @@ def _run(name: str, *tensors: torch.Tensor):
         # emulate_precision_casts: Inductor must round `merged` to bf16 before the check subtracts d again
         # (by default it may keep the fp32 value inside the fused kernel, and the check would then differ
         # from the restore, which reads the stored bf16 weight)
+        from vlm_rl.models.compile_cache import use_compile_cache
+
+        use_compile_cache()
         _compiled[name] = torch.compile(_EAGER[name], dynamic=False, options={"emulate_precision_casts": True})
     try:
         return _compiled[name](*tensors)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vlm_rl.models.compile_cache import use_compile_cache
 from vlm_rl.models.lora_merge import merged_lora
 from vlm_rl.rollout.fp8 import Fp8Decoder
 
@@ -304,6 +305,7 @@ class StaticDecoder:
         if self.compile_step:
             try:
                 if self._compiled is None:
+                    use_compile_cache()  # kept across runs under $VLM_RL_CACHE (models/compile_cache.py)
                     self._compiled = torch.compile(self._step, dynamic=False)
                 self._warm(s, self._compiled)
                 step, compiled, self.mode = self._compiled, True, "compiled+graph"

@@ -149,3 +149,32 @@ def test_lora_merge_for_decode_restores_base_weights_on_cuda(tiny_model_dir, syn
         assert decoder.mode == "graph" and decoder.merged_modules > 0
         assert torch.equal(out[:, : ref.shape[1]], ref)
         assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+
+
+def test_fp8_decode_in_a_cuda_graph_follows_the_weights_and_stays_close(tiny_model_dir, synthetic_dataset):
+    """rollout_dtype=fp8 on Hopper: the graphed FP8 step samples close to the bf16 one (same noise), and after an
+    in-place weight change the refreshed FP8 copies (same buffers, same graph) follow it."""
+    processor = load_processor(tiny_model_dir)
+    model = load_model(tiny_model_dir, dtype=torch.bfloat16)
+    _roughen(model, seed=1)
+    model = model.to("cuda")
+    images = [prepare_prompt(item, 128, "qwen3_vl")[0] for item in _prompts(synthetic_dataset, 2)]
+    enc = encode_prompts(processor, images, detection_instruction(["stop_sign"])).to("cuda")
+    eos, pad = eos_token_ids(processor, model), processor.tokenizer.pad_token_id
+    bf16 = StaticDecoder(model, eos_ids=eos, pad_id=pad, use_cuda_graph=True)
+    fp8 = StaticDecoder(model, eos_ids=eos, pad_id=pad, use_cuda_graph=True, fp8=True, keep_cache=True)
+    for round_ in range(2):
+        runs = []
+        for decoder in (bf16, fp8):
+            gen = torch.Generator(device="cuda").manual_seed(5)
+            ids, _ = decoder.generate(enc, 4, 16, temperature=1.0, min_new_tokens=16, generator=gen, logprobs=True)
+            runs.append((ids, decoder.last_logprobs.clone()))
+        assert fp8.mode == "graph" and fp8.fp8.refreshes == round_ + 1
+        same = runs[0][0] == runs[1][0]
+        assert same.float().mean() > 0.6, (round_, same.float().mean())
+        gap = (runs[1][1] - runs[0][1])[same].abs()
+        assert 0 < gap.mean() < 0.1, (round_, gap.mean())
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "layers.1.mlp" in name:
+                    p.mul_(-1.5)

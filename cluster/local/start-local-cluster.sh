@@ -95,6 +95,30 @@ setsid -w ray start --head \
 first_pid="$(pgrep -f -- "$RAY_TMP" | head -n 1 || true)"
 if [[ -n "$first_pid" ]]; then ps -o sid= -p "$first_pid" | tr -d ' ' > "$STATE_DIR/ray.sid"; fi
 
+# `ray job submit` talks to the dashboard's Jobs API; Ray starts without it when the dashboard's own
+# dependencies (ray[default]: aiohttp_cors, opencensus, ...) are missing, and every submission is then refused.
+if ! "$PYTHON" - "http://127.0.0.1:$DASHBOARD_PORT/api/version" <<'PY'
+import sys, time, urllib.error, urllib.request
+for _ in range(120):
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=2)
+        sys.exit(0)
+    except urllib.error.HTTPError:  # it answered (token auth may refuse us): it is up
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.5)
+sys.exit(1)
+PY
+then
+  echo "error: Ray's dashboard (the Jobs API 'ray job submit' uses) did not answer on 127.0.0.1:$DASHBOARD_PORT" \
+    "within 60 s. Its log:" >&2
+  tail -n 15 "$RAY_TMP"/session_latest/logs/dashboard.err "$RAY_TMP"/session_latest/logs/dashboard.log 2>/dev/null >&2 || true
+  echo "A missing module above usually means Ray without its dashboard extras: pip install 'ray[default]'" \
+    "(pip install -e . installs them)." >&2
+  bash "$(dirname "$0")/stop-local-cluster.sh" >/dev/null 2>&1 || true
+  exit 1
+fi
+
 if [[ "$START_MLFLOW" == 1 ]]; then
   # MLflow takes a few seconds to answer; wait so that the printed URL works right away.
   if ! "$PYTHON" - "$MLFLOW_URL/health" <<'PY'

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,16 +24,11 @@ ARMS = (1, 2)  # num_iterations
 
 
 def run_arm(seed: int, passes: int, root: Path, overrides: dict) -> list[dict]:
-    from vlm_rl.commands.demo import DEMO_SETTINGS, make_demo_dataset
-    from vlm_rl.config import GRPOConfig
-    from vlm_rl.grpo.job import run_grpo
+    """One demo run with ``num_iterations=passes`` (bench/demo_ab_cpu.py runs it)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from demo_ab_cpu import run_arm as run_demo_arm
 
-    out = root / f"seed{seed}-passes{passes}-{len(list(root.glob('seed*')))}"
-    base = {**DEMO_SETTINGS, "seed": seed, **overrides}
-    train, val = make_demo_dataset(root / f"data-{seed}", base)  # the demo's data for this seed, as `vlm-rl demo`
-    config = GRPOConfig(**{**base, "num_iterations": passes, "output_dir": str(out), "train_data": str(train),
-                           "val_data": str(val), "log_images_every": 0})
-    return run_grpo(config)["history"]
+    return run_demo_arm(seed, f"passes{passes}", {**overrides, "num_iterations": passes}, root)
 
 
 def main() -> None:

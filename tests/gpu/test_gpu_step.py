@@ -42,14 +42,19 @@ def _prompts(synthetic_dataset, n: int) -> list[PromptItem]:
     return [PromptItem.from_sample(s) for s in load_jsonl(synthetic_dataset[0]).samples[:n]]
 
 
-def test_cuda_graph_decode_matches_hf_generate(tiny_model_dir, synthetic_dataset):
-    processor = load_processor(tiny_model_dir)
-    model = load_model(tiny_model_dir, dtype=torch.float32)
+def _decode_setup(model_dir, synthetic_dataset, dtype: torch.dtype, prompts: int):
+    """A roughened model on CUDA, ``prompts`` encoded prompts, and its end/pad ids."""
+    processor = load_processor(model_dir)
+    model = load_model(model_dir, dtype=dtype)
     _roughen(model, seed=1)
     model = model.to("cuda")
-    images = [prepare_prompt(item, 128, "qwen3_vl")[0] for item in _prompts(synthetic_dataset, 3)]
+    images = [prepare_prompt(item, 128, "qwen3_vl")[0] for item in _prompts(synthetic_dataset, prompts)]
     enc = encode_prompts(processor, images, detection_instruction(["stop_sign"])).to("cuda")
-    eos, pad = eos_token_ids(processor, model), processor.tokenizer.pad_token_id
+    return model, enc, eos_token_ids(processor, model), processor.tokenizer.pad_token_id
+
+
+def test_cuda_graph_decode_matches_hf_generate(tiny_model_dir, synthetic_dataset):
+    model, enc, eos, pad = _decode_setup(tiny_model_dir, synthetic_dataset, torch.float32, 3)
     decoder = StaticDecoder(model, eos_ids=eos, pad_id=pad, use_cuda_graph=True)
     for round_ in range(2):
         ref = model.generate(**enc, do_sample=False, max_new_tokens=24, eos_token_id=eos, pad_token_id=pad)
@@ -154,13 +159,7 @@ def test_lora_merge_for_decode_restores_base_weights_on_cuda(tiny_model_dir, syn
 def test_fp8_decode_in_a_cuda_graph_follows_the_weights_and_stays_close(tiny_model_dir, synthetic_dataset):
     """rollout_dtype=fp8 on Hopper: the graphed FP8 step samples close to the bf16 one (same noise), and after an
     in-place weight change the refreshed FP8 copies (same buffers, same graph) follow it."""
-    processor = load_processor(tiny_model_dir)
-    model = load_model(tiny_model_dir, dtype=torch.bfloat16)
-    _roughen(model, seed=1)
-    model = model.to("cuda")
-    images = [prepare_prompt(item, 128, "qwen3_vl")[0] for item in _prompts(synthetic_dataset, 2)]
-    enc = encode_prompts(processor, images, detection_instruction(["stop_sign"])).to("cuda")
-    eos, pad = eos_token_ids(processor, model), processor.tokenizer.pad_token_id
+    model, enc, eos, pad = _decode_setup(tiny_model_dir, synthetic_dataset, torch.bfloat16, 2)
     bf16 = StaticDecoder(model, eos_ids=eos, pad_id=pad, use_cuda_graph=True)
     fp8 = StaticDecoder(model, eos_ids=eos, pad_id=pad, use_cuda_graph=True, fp8=True, keep_cache=True)
     for round_ in range(2):

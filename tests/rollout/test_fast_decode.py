@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vlm_rl.data.schema import load_jsonl
-from vlm_rl.models.loading import load_model, load_processor
+from vlm_rl.models.loading import load_processor
 from vlm_rl.models.prompts import detection_instruction, encode_prompts
 from vlm_rl.models.tokenizer import SPECIAL_IDS
 from vlm_rl.rollout.colocated import ColocatedRollout
@@ -16,21 +16,10 @@ from vlm_rl.rollout.fast_decode import StaticDecoder, sample_tokens
 from vlm_rl.rollout.types import PromptItem
 
 
-def _rough_model(path):
-    """Larger random weights than the tiny model's 0.02 std, so greedy answers are varied token sequences."""
-    model = load_model(path)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "language_model" in name and p.ndim == 2 and "embed" not in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return model
-
-
 @pytest.mark.parametrize("family_fixture", ["tiny_model_dir", "tiny_qwen25_dir"])
-def test_greedy_matches_hf_generate_with_left_padding(request, family_fixture, synthetic_dataset):
+def test_greedy_matches_hf_generate_with_left_padding(request, family_fixture, synthetic_dataset, rough_model):
     model_dir = request.getfixturevalue(family_fixture)
-    processor, model = load_processor(model_dir), _rough_model(model_dir)
+    processor, model = load_processor(model_dir), rough_model(model_dir)
     items = [PromptItem.from_sample(s) for s in load_jsonl(synthetic_dataset[0]).samples[:2]]
     images = [prepare_prompt(item, 128, model.config.model_type)[0] for item in items]
     # different instructions → different prompt lengths → the shorter prompt is left-padded
@@ -55,8 +44,8 @@ def test_sample_tokens_respects_bans_and_top_p():
     assert (nucleus == 0).all()
 
 
-def test_colocated_rollout_groups_scores_and_suppresses(tiny_model_dir, synthetic_dataset):
-    processor, model = load_processor(tiny_model_dir), _rough_model(tiny_model_dir)
+def test_colocated_rollout_groups_scores_and_suppresses(tiny_model_dir, synthetic_dataset, rough_model):
+    processor, model = load_processor(tiny_model_dir), rough_model(tiny_model_dir)
     items = [PromptItem.from_sample(s) for s in load_jsonl(synthetic_dataset[0]).samples[:2]]
     rollout = ColocatedRollout(model, processor, "qwen3_vl", labels=None, max_image_size=96, max_new_tokens=12,
                                min_new_tokens=12, seed=0)
@@ -80,13 +69,13 @@ def test_colocated_rollout_groups_scores_and_suppresses(tiny_model_dir, syntheti
     rollout.shutdown()
 
 
-def test_lora_policy_decodes_merged_and_matches_hf_generate(tiny_model_dir, synthetic_dataset):
+def test_lora_policy_decodes_merged_and_matches_hf_generate(tiny_model_dir, synthetic_dataset, rough_model):
     from peft import get_peft_model
 
     from vlm_rl.models.lora import lora_config
 
     processor = load_processor(tiny_model_dir)
-    model = get_peft_model(_rough_model(tiny_model_dir), lora_config(8, 16))
+    model = get_peft_model(rough_model(tiny_model_dir), lora_config(8, 16))
     with torch.no_grad():
         gen = torch.Generator().manual_seed(5)
         for name, p in model.named_parameters():

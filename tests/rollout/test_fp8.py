@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from vlm_rl.data.schema import load_jsonl
-from vlm_rl.models.loading import load_model, load_processor
+from vlm_rl.models.loading import load_processor
 from vlm_rl.models.prompts import detection_instruction, encode_prompts
 from vlm_rl.rollout.engine import eos_token_ids, prepare_prompt
 from vlm_rl.rollout.fast_decode import StaticDecoder
@@ -40,18 +40,8 @@ def test_fp8_gemm_equals_its_dequantized_reference_and_is_close_to_the_exact_pro
     assert not torch.equal(out, exact)  # it did quantize
 
 
-def _rough(path):
-    model = load_model(path)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "language_model" in name and p.ndim == 2 and "embed" not in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
-    return model
-
-
-def test_fp8_decode_samples_close_to_the_model_and_leaves_it_untouched(tiny_model_dir, synthetic_dataset):
-    processor, model = load_processor(tiny_model_dir), _rough(tiny_model_dir)
+def test_fp8_decode_samples_close_to_the_model_and_leaves_it_untouched(tiny_model_dir, synthetic_dataset, rough_model):
+    processor, model = load_processor(tiny_model_dir), rough_model(tiny_model_dir)
     items = [PromptItem.from_sample(s) for s in load_jsonl(synthetic_dataset[0]).samples[:2]]
     images = [prepare_prompt(item, 96, model.config.model_type)[0] for item in items]
     enc = encode_prompts(processor, images, [detection_instruction(None)] * 2)

@@ -23,6 +23,35 @@ def test_estimate_prints_table_and_writes_json(tmp_path, capsys):
     assert set(data["phases"]) == {"generation", "training", "sync"}
 
 
+def test_cpu_recipe_is_estimated_on_this_machine(tmp_path, capsys):
+    """`--hardware` defaults to what the config runs on: the CPU recipe on this machine's cores and RAM, its memory
+    reported as RAM, not per GPU (issue 26 item 6)."""
+    import os
+
+    out = tmp_path / "est.json"
+    assert main(["estimate", "--config", "ray_jobs/configs/recipes/grpo-tiny-cpu.yaml", "--output", str(out)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    cores = len(os.sched_getaffinity(0))
+    assert "peak memory RAM (all processes)" in printed and "per GPU" not in printed
+    data = json.loads(out.read_text())
+    assert f"({cores} core" in data["hardware"] and data["memory_scope"] == "RAM (all processes)"
+    assert main(["estimate", "--config", "ray_jobs/configs/recipes/grpo-tiny-cpu.yaml", "--hardware", "cpu",
+                 "--cores", "7", "--memory-gb", "12", "--output", str(out)]) == 0
+    assert "(7 cores" in json.loads(out.read_text())["hardware"]
+
+
+def test_calibration_leaves_out_the_warm_up_step():
+    from vlm_rl.commands.estimate import steady_phases
+
+    history = [{"time/step": 9.0, "time/generation": 5.0, "time/training": 3.0, "time/weight_sync": 0.5},
+               {"time/step": 4.0, "time/generation": 2.0, "time/training": 1.5, "time/weight_sync": 0.2},
+               {"time/step": 4.4, "time/generation": 2.2, "time/training": 1.7, "time/weight_sync": 0.2}]
+    phases, measured = steady_phases(history)
+    assert phases == pytest.approx({"generation": 2.1, "training": 1.6, "weight_sync": 0.2, "other": 0.3})
+    assert measured == {"steps_measured": 2, "step_seconds": pytest.approx(4.2), "first_step_seconds": 9.0}
+    assert steady_phases(history[:1])[1]["steps_measured"] == 1  # one step: it is all there is
+
+
 def test_unknown_hardware_and_model_fail_cleanly(capsys):
     assert main(["estimate", "--hardware", "tpu"]) == 2
     assert "hardware: unknown 'tpu'" in capsys.readouterr().out

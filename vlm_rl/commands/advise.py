@@ -8,8 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 from vlm_rl.commands._common import add_config_arguments, config_from_args
+from vlm_rl.commands.estimate import add_hardware_arguments, hardware_from_args
 from vlm_rl.config import GRPOConfig
-from vlm_rl.tracking.estimator import HARDWARE, advise, estimate
+from vlm_rl.tracking.estimator import Hardware, advise, estimate
 
 NAME = "advise"
 HELP = "rank config changes that would make GRPO faster, with their estimated speedup"
@@ -17,14 +18,14 @@ HELP = "rank config changes that would make GRPO faster, with their estimated sp
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, GRPOConfig)
-    parser.add_argument("--hardware", default="h100", help=f"one of {', '.join(HARDWARE)} (default h100)")
+    add_hardware_arguments(parser)
 
 
-def assumptions(config: GRPOConfig, hardware: str) -> str:
-    """What the estimate is of: model (and its size), images, batch shape, GPU; and how to change each."""
-    from vlm_rl.tracking.estimator import get_hardware, model_spec
+def assumptions(config: GRPOConfig, hardware: Hardware) -> str:
+    """What the estimate is of: model (and its size), images, batch shape, GPU or CPU; and how to change each."""
+    from vlm_rl.tracking.estimator import model_spec
 
-    spec, gpu = model_spec(config.model_path), get_hardware(hardware)
+    spec, gpu = model_spec(config.model_path), hardware
     return (
         f"assuming: model {config.model_path} ({spec.params / 1e9:.2f} B parameters), images up to "
         f"{config.max_image_size} px, {config.prompts_per_step} prompts x {config.num_generations} completions "
@@ -32,6 +33,7 @@ def assumptions(config: GRPOConfig, hardware: str) -> str:
         f"{config.max_new_tokens} new tokens, LoRA r={config.lora_r}, {config.num_learners} "
         f"learner(s) + {config.num_rollout_workers} rollout actor(s) ({config.rollout_mode}), on {gpu.name}\n"
         "  change with --config FILE.yaml, key=value overrides (model_path=..., max_image_size=...) and --hardware"
+        + (" (a CPU run: no GPU advice; more processes only onto idle cores)" if hardware.is_cpu else "")
     )
 
 
@@ -39,14 +41,16 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     config = config_from_args(GRPOConfig, args)
     try:
-        base = estimate(config, 1000, args.hardware)
-        advice = advise(config, args.hardware)
+        hardware = hardware_from_args(args, config)
+        base = estimate(config, 1000, hardware)
+        advice = advise(config, hardware)
     except ValueError as exc:
         console.print(f"[red]vlm-rl advise: {exc}[/red]")
         return 2
-    console.print(assumptions(config, args.hardware))
+    console.print(assumptions(config, hardware))
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in base.phases.items())
-    console.print(f"now: {base.seconds_per_step:.1f} s per step ({phases}), {base.peak_memory_gb:.1f} GB per GPU")
+    console.print(f"now: {base.seconds_per_step:.1f} s per step ({phases}), {base.peak_memory_gb:.1f} GB "
+                  f"{base.memory_scope}")
     if not advice:
         console.print("no single change is estimated to speed this config up by more than 1%")
         return 0

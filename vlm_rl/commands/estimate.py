@@ -1,4 +1,4 @@
-"""`vlm-rl estimate`: time and per-GPU memory of a GRPO run before booking the cluster."""
+"""`vlm-rl estimate`: time and memory (per GPU, or the RAM of a CPU run) of a GRPO run before booking the cluster."""
 
 from __future__ import annotations
 
@@ -11,24 +11,67 @@ from rich.table import Table
 
 from vlm_rl.commands._common import add_config_arguments, config_from_args
 from vlm_rl.config import GRPOConfig
-from vlm_rl.tracking.estimator import HARDWARE, Calibration, Estimate, calibrate, estimate
+from vlm_rl.tracking.estimator import (
+    HARDWARE_CHOICES,
+    Calibration,
+    Estimate,
+    Hardware,
+    calibrate,
+    estimate,
+    get_hardware,
+)
 
 NAME = "estimate"
-HELP = "estimate GRPO time per step, total time and peak GPU memory for a config and hardware"
+HELP = "estimate GRPO time per step, total time and peak memory (GPU, or RAM on CPU) for a config and hardware"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, GRPOConfig)
     parser.add_argument("--samples", type=int, default=1000, help="training prompts to process (default 1000)")
-    parser.add_argument("--hardware", default="h100", help=f"one of {', '.join(HARDWARE)} (default h100)")
+    add_hardware_arguments(parser)
     parser.add_argument("--calibrate", action="store_true",
-                        help="run a few real GRPO steps here first and scale the model to the measured phases")
-    parser.add_argument("--calibration-steps", type=int, default=2)
+                        help="run a few real GRPO steps here first and scale the model to the measured phases "
+                             "(the first step, a warm-up, is left out when there are more)")
+    parser.add_argument("--calibration-steps", type=int, default=3)
     parser.add_argument("--output", help="also write the estimate as JSON to this file")
 
 
+def add_hardware_arguments(parser: argparse.ArgumentParser) -> None:
+    """--hardware (default auto: what the config runs on, read on this machine), --cores, --memory-gb."""
+    parser.add_argument("--hardware", default="auto",
+                        help=f"one of {', '.join(HARDWARE_CHOICES)}; auto (default): this machine's CPU for a "
+                             "use_gpu=false config, else its GPU (an H100 when it has none); cpu: this machine's CPU "
+                             "(cores, vector features, clock and RAM read here)")
+    parser.add_argument("--cores", type=int, default=None,
+                        help="CPU: cores to assume instead of the ones this process may use here")
+    parser.add_argument("--memory-gb", type=float, default=None, help="CPU: RAM to assume instead of this machine's")
+
+
+def hardware_from_args(args: argparse.Namespace, config: GRPOConfig) -> Hardware:
+    return get_hardware(args.hardware, config, cores=args.cores, memory_gb=args.memory_gb)
+
+
+def steady_phases(history: list[dict]) -> tuple[dict[str, float], dict]:
+    """Mean seconds per step by phase over the run's steps, the first (warm-up: first sync, lazy initialisation)
+    left out when there are more; ``other`` is the rest of the step's wall time (queueing, broadcast, advantages).
+    Returns (phases, what was measured)."""
+    rows = [r for r in history if r.get("time/step") is not None]
+    steady = rows[1:] if len(rows) > 1 else rows
+    if not steady:
+        return {}, {}
+
+    def mean(key: str) -> float:
+        return sum(float(r.get(key) or 0.0) for r in steady) / len(steady)
+
+    phases = {"generation": mean("time/generation"), "training": mean("time/training"),
+              "weight_sync": mean("time/weight_sync")}
+    phases["other"] = max(0.0, mean("time/step") - sum(phases.values()))
+    return phases, {"steps_measured": len(steady), "step_seconds": mean("time/step"),
+                    "first_step_seconds": float(rows[0]["time/step"]) if len(rows) > 1 else None}
+
+
 def measure_calibration(
-    config: GRPOConfig, steps: int, hardware: str, console: Console
+    config: GRPOConfig, steps: int, hardware: str | Hardware, console: Console
 ) -> tuple[Calibration | None, dict]:
     """Run ``run_grpo`` for ``steps`` steps; (calibration, raw result), or (None, {reason}) on failure."""
     try:
@@ -42,13 +85,12 @@ def measure_calibration(
     console.print(f"calibrating: {steps} real GRPO steps of {config.model_path} on this machine ...")
     try:
         result = run_grpo(short)
-        phases = {str(k): float(v) for k, v in (result.get("phase_times") or {}).items()
-                  if k != "step" and v is not None}  # "step" is the sum of the others
+        phases, measured = steady_phases(result.get("history") or [])
     except Exception as exc:  # a failed measurement must not hide the analytic estimate
         return None, {"error": f"calibration run failed: {type(exc).__name__}: {exc}"}
     if not phases:
-        return None, {"error": "calibration run returned no phase_times"}
-    return calibrate(phases, config, hardware), {"phase_times": phases,
+        return None, {"error": "calibration run returned no step times"}
+    return calibrate(phases, config, hardware), {"phase_times": phases, **measured,
                                                   "samples_per_hour": result.get("samples_per_hour")}
 
 
@@ -67,7 +109,7 @@ def render(result: Estimate, samples: int, console: Console) -> None:
         share = seconds / result.seconds_per_step if result.seconds_per_step else 0.0
         table.add_row(f"  {phase}", f"{seconds:.2f} s ({share:.0%})")
     fit = "[green]fits[/green]" if result.fits else "[red]does NOT fit[/red]"
-    table.add_row("peak memory per GPU", f"{result.peak_memory_gb:.1f} GB ({fit})")
+    table.add_row(f"peak memory {result.memory_scope}", f"{result.peak_memory_gb:.1f} GB ({fit})")
     for part, gb in result.memory.items():
         table.add_row(f"  {part}", f"{gb:.2f} GB")
     console.print(table)
@@ -105,13 +147,18 @@ def render_disk(disk: dict, console: Console) -> None:
 def run(args: argparse.Namespace) -> int:
     console = Console()
     config = config_from_args(GRPOConfig, args)
+    try:
+        hardware = hardware_from_args(args, config)
+    except ValueError as exc:
+        console.print(f"[red]vlm-rl estimate: {exc}[/red]")
+        return 2
     calibration, measured = None, {}
     if args.calibrate:
-        calibration, measured = measure_calibration(config, args.calibration_steps, args.hardware, console)
+        calibration, measured = measure_calibration(config, args.calibration_steps, hardware, console)
         if calibration is None:
             console.print(f"[yellow]{measured['error']}; using the documented analytic model[/yellow]")
     try:
-        result = estimate(config, args.samples, args.hardware, calibration)
+        result = estimate(config, args.samples, hardware, calibration)
     except ValueError as exc:
         console.print(f"[red]vlm-rl estimate: {exc}[/red]")
         return 2

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +68,37 @@ CHECKPOINTED_BYTES_PER_TOKEN_LAYER = 2  # x hidden size: only each layer's bf16 
 LOGIT_BYTES = 6  # bf16 logits + fp32 upcast of the selected rows, per completion token x vocab
 CUDA_OVERHEAD_GB = 2.0  # CUDA context, NCCL buffers, allocator fragmentation
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+# CPU runs (use_gpu=false): every learner and rollout actor is one single-threaded process (Ray sets
+# OMP_NUM_THREADS=1) training in float32, all time-sharing the machine's cores. Fixed costs dominate a small model.
+# The constants reproduce the tiny recipe (grpo-tiny-cpu.yaml) on a 2-core AMD EPYC (Zen 4, AVX-512): steady steps
+# of 4 runs: generation 2.66 s, training 1.29 s, weight sync 0.02 s (docs/PERFORMANCE.md); the split between the
+# fixed and the per-FLOP parts is an assumption. For another model or machine, --calibrate.
+CPU_MFU = 0.15  # sampling: fraction of one core's fp32 FMA peak reached by small batched matmuls
+CPU_TRAIN_MFU = 0.35  # training: the learner's larger matmuls (all of a step's tokens at once)
+CPU_DECODE_STEP_OVERHEAD_S = 0.05  # HF generate per generated token on one core: Python, sampling, cache update
+CPU_TRAIN_STEP_OVERHEAD_S = 0.65  # per optimizer step: DeepSpeed bookkeeping, gloo all-reduce, Adam on CPU
+CPU_SYNC_LATENCY_S = 0.02  # per sync per actor on one machine (object store in shared memory)
+CPU_BYTES_PER_PARAM = 4  # float32 weights
+CPU_PROCESS_GB = 0.85  # resident memory of a learner or rollout process besides its model (torch, Ray, DeepSpeed)
+CPU_RAY_GB = 3.0  # the rest of a one-machine Ray session: raylet, GCS, dashboard, agents, driver, Train controller
 
 
 @dataclass(frozen=True)
 class Hardware:
     name: str
-    peak_tflops: float  # dense bf16
-    hbm_tbps: float
-    memory_gb: float
+    peak_tflops: float  # GPU: dense bf16 per GPU; CPU: fp32 FMA peak of ONE core (processes are single-threaded)
+    hbm_tbps: float  # GPU: HBM per GPU; CPU: DRAM bandwidth of one core
+    memory_gb: float  # GPU: per GPU; CPU: the machine's RAM, shared by every process of the run
+    kind: str = "gpu"
+    cores: int = 0  # CPU: the cores this run may use (affinity and cgroup quota)
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.kind == "cpu"
+
+    @property
+    def memory_label(self) -> str:
+        return "RAM (all processes)" if self.is_cpu else "per GPU"
 
 
 HARDWARE: dict[str, Hardware] = {
@@ -83,15 +106,128 @@ HARDWARE: dict[str, Hardware] = {
     "h200": Hardware("NVIDIA H200 141GB SXM", 989.0, 4.8, 141.0),
     "a100": Hardware("NVIDIA A100 80GB SXM", 312.0, 2.04, 80.0),
     "l4": Hardware("NVIDIA L4 24GB", 121.0, 0.3, 24.0),
-    "cpu": Hardware("CPU (16 cores, AVX-512, fp32)", 1.0, 0.1, 64.0),
 }
+#: Names --hardware takes besides HARDWARE: ``cpu`` = this machine's CPU (read at run time, see detect_cpu);
+#: ``auto`` = what the config runs on: this machine's CPU for use_gpu=false, else this machine's GPU (or H100).
+HARDWARE_CHOICES = (*HARDWARE, "cpu", "auto")
 _HW_ALIASES = {"h100-80gb": "h100", "h100-sxm": "h100", "h200-141gb": "h200", "a100-80gb": "a100"}
 
+# ----------------------------------------------------------------------------- this machine's CPU
+#: fp32 FLOPs per cycle per core with FMA: 2 FMA pipes x vector lanes x 2. AMD Zen 4 runs AVX-512 on 256-bit pipes.
+FLOPS_PER_CYCLE = {"avx512-intel": 64, "avx512-amd": 32, "avx2": 32, "avx": 16, "sse": 8}
+CPU_DRAM_GBPS_PER_CORE = 10.0  # what one single-threaded process streams from DRAM
+DEFAULT_CPU_GHZ = 2.5
 
-def get_hardware(name: str) -> Hardware:
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on: its affinity mask (taskset, a container's cpuset), lowered by a cgroup v2
+    CPU quota (``cpu.max``); os.cpu_count() where neither exists."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota, _, period = _read("/sys/fs/cgroup/cpu.max").strip().partition(" ")
+    if quota.isdigit() and period.strip().isdigit() and int(period) > 0:
+        cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    return max(1, cores)
+
+
+def ram_gb() -> float:
+    """The machine's RAM (MemTotal), lowered by a cgroup memory limit (v2 ``memory.max``, v1 limit_in_bytes)."""
+    total = 0.0
+    match = re.search(r"^MemTotal:\s+(\d+) kB", _read("/proc/meminfo"), re.MULTILINE)
+    if match:
+        total = int(match.group(1)) * 1024 / 1e9
+    else:
+        import os
+
+        try:
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9
+        except (ValueError, OSError, AttributeError):
+            total = 16.0
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        limit = _read(limit_file).strip()
+        if limit.isdigit() and int(limit) < total * 1e9:
+            total = int(limit) / 1e9
+    return total
+
+
+def cpu_info() -> dict[str, Any]:
+    """Model name, vendor, vector features and clock from /proc/cpuinfo (and cpufreq's maximum when there)."""
+    text = _read("/proc/cpuinfo")
+    first = text.split("\n\n", 1)[0]
+    fields = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in first.splitlines()) if k)
+    flags = set(fields.get("flags", "").split())
+    max_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").strip()
+    if max_khz.isdigit():
+        ghz = int(max_khz) / 1e6
+    else:
+        try:
+            ghz = float(fields.get("cpu MHz", "")) / 1e3
+        except ValueError:
+            ghz = DEFAULT_CPU_GHZ
+    vendor = fields.get("vendor_id", "")
+    if "avx512f" in flags:
+        isa = "avx512-amd" if "AMD" in vendor else "avx512-intel"
+    else:
+        isa = "avx2" if {"avx2", "fma"} <= flags else "avx" if "avx" in flags else "sse"
+    return {"model": fields.get("model name", "unknown CPU"), "vendor": vendor, "isa": isa, "ghz": ghz or DEFAULT_CPU_GHZ}
+
+
+def detect_cpu(cores: int | None = None, memory_gb: float | None = None) -> Hardware:
+    """This machine's CPU as the estimate's hardware (``cores`` / ``memory_gb`` override what is read here, to
+    estimate for another machine)."""
+    info = cpu_info()
+    cores = cores or cpu_cores()
+    memory = memory_gb or ram_gb()
+    per_core = info["ghz"] * FLOPS_PER_CYCLE[info["isa"]] / 1e3  # TFLOPs
+    isa = info["isa"].split("-")[0].upper()
+    name = f"CPU {info['model']} ({cores} core{'s' * (cores != 1)}, {isa}, {info['ghz']:.2f} GHz, {memory:.0f} GB RAM)"
+    return Hardware(name, per_core, CPU_DRAM_GBPS_PER_CORE / 1e3, memory, kind="cpu", cores=cores)
+
+
+def detect_gpu() -> Hardware | None:
+    """This machine's first CUDA GPU, matched to HARDWARE by name (its own memory), else None."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        props = torch.cuda.get_device_properties(0)
+    except Exception:
+        return None
+    name = props.name.lower()
+    key = next((k for k in ("h200", "h100", "a100", "l4") if k in name), "h100")
+    known = HARDWARE[key]
+    return Hardware(props.name, known.peak_tflops, known.hbm_tbps, props.total_memory / 1e9)
+
+
+def get_hardware(name: str, config: GRPOConfig | None = None, *, cores: int | None = None,
+                 memory_gb: float | None = None) -> Hardware:
+    """A HARDWARE entry; ``cpu``: this machine's CPU; ``auto``: what ``config`` runs on (use_gpu=false: this
+    machine's CPU; else its GPU, or an H100 when it has none)."""
     key = _HW_ALIASES.get(name.lower(), name.lower())
+    if key == "auto":
+        if config is not None and not config.use_gpu:
+            key = "cpu"
+        else:
+            found = detect_gpu()
+            if found is None:  # a GPU config estimated on a machine without one
+                return replace(HARDWARE["h100"], name=f"{HARDWARE['h100'].name} (no GPU here: pass --hardware)")
+            return found
+    if key == "cpu":
+        return detect_cpu(cores, memory_gb)
     if key not in HARDWARE:
-        raise ValueError(f"hardware: unknown {name!r}; known: {', '.join(HARDWARE)}")
+        raise ValueError(f"hardware: unknown {name!r}; known: {', '.join(HARDWARE_CHOICES)}")
     return HARDWARE[key]
 
 
@@ -218,6 +354,7 @@ class Estimate:
     fits: bool
     hardware: str
     assumptions: list[str]
+    memory_scope: str = "per GPU"  # or "RAM (all processes)" on CPU
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,13 +381,94 @@ def _checkpointing_resolved(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -
         return config
     off = config.model_copy(update={"gradient_checkpointing": False})
     _, memory = _model_phases(off, spec, hw)
-    if _peak(memory) <= CHECKPOINTING_MARGIN * hw.memory_gb:
+    if _memory_peak(memory, hw) <= CHECKPOINTING_MARGIN * hw.memory_gb:
         return off
     return config.model_copy(update={"gradient_checkpointing": True})
 
 
+def _cpu_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[dict[str, float], dict[str, float]]:
+    """One step on CPU cores: single-threaded processes, float32, fixed per-token and per-update costs; memory is
+    the RAM of every process together."""
+    n = spec.params
+    # The output head (vocab x hidden) runs only where logits are needed: the last prompt token and every generated
+    # token when sampling, the completion tokens when training; the rest of the model on every token. On a small
+    # model the head is most of the parameters (tiny: 9.7 M of 10.3 M).
+    head = min(float(spec.vocab * spec.hidden), 0.9 * n)
+    body = n - head
+    core = hw.peak_tflops * 1e12 * CPU_MFU  # FLOP/s one process reaches
+    prompt_tokens = image_tokens(config.max_image_size, spec.image_factor) + PROMPT_TEXT_TOKENS
+    seq = prompt_tokens + config.max_new_tokens
+    completions = config.prompts_per_step * config.num_generations
+    kv_bytes_per_token = 2 * spec.layers * spec.kv_heads * spec.head_dim * CPU_BYTES_PER_PARAM
+    colocated = config.rollout_mode == "colocated"
+    workers = 1 if colocated else config.num_rollout_workers
+    # the processes that run at once in a phase share the cores
+    generation_share = max(1.0, workers / hw.cores)
+    learner_parallel = min(config.num_learners, hw.cores)
+
+    def generate(num_completions: int) -> tuple[float, float]:
+        per_worker = math.ceil(num_completions / workers)
+        batch = min(config.rollout_batch_size, per_worker)
+        batches = math.ceil(per_worker / batch)
+        prefill = 2 * (body * prompt_tokens + head) * per_worker / core
+        decode = batches * config.max_new_tokens * (CPU_DECODE_STEP_OVERHEAD_S + 2 * n * batch / core)
+        kv_gb = kv_bytes_per_token * seq * batch / 1e9
+        return (prefill + decode) * generation_share, kv_gb
+
+    generation, kv_gb = generate(completions)
+    # FLOPs of one forward over the step's sequences: the body on every token, the head on the completion tokens
+    forward = 2 * (body * completions * seq + head * completions * config.max_new_tokens)
+    checkpointing = config.gradient_checkpointing is True
+    backward = 1 if config.lora_r > 0 else 2  # x forward: frozen base weights need input gradients only
+    passes, minis = config.num_iterations, config.steps_per_generation
+    train_flops = passes * (1 + backward + (1 if checkpointing else 0)) * forward
+    train_flops += forward * (minis - 1) / minis  # proximal log-probs of the later mini-batches
+    if config.beta > 0:
+        train_flops += forward  # the reference forward, once per batch
+    train_rate = hw.peak_tflops * 1e12 * CPU_TRAIN_MFU
+    training = train_flops / (learner_parallel * train_rate) + passes * minis * CPU_TRAIN_STEP_OVERHEAD_S
+    trainable = lora_params(spec, config.lora_r) if config.lora_r > 0 else n
+    sync = 0.0 if colocated else workers * (
+        CPU_SYNC_LATENCY_S + trainable * CPU_BYTES_PER_PARAM / (SYNC_BANDWIDTH_GBPS * 1e9))
+    phases = {"generation": generation, "training": training, "sync": sync}
+    if config.eval_steps > 0:
+        eval_time, _ = generate(_val_size(config))
+        phases["evaluation"] = eval_time / config.eval_steps
+
+    learners = config.num_learners
+    weights = n * CPU_BYTES_PER_PARAM * (1 if config.zero_stage == 3 else learners)
+    if config.lora_r == 0 and config.beta > 0:
+        weights *= 2  # the frozen reference copy
+    grads = trainable * 4 * (1 if config.zero_stage >= 2 else learners)
+    optimizer = trainable * ADAM_BYTES_PER_TRAINABLE * (1 if config.zero_stage >= 1 else learners)
+    micro_tokens = config.num_generations * seq
+    per_layer = CHECKPOINTED_BYTES_PER_TOKEN_LAYER if checkpointing else ACTIVATION_BYTES_PER_TOKEN_LAYER
+    activations = 2 * micro_tokens * spec.hidden * per_layer * spec.layers  # x2: float32, not bf16
+    logits = config.num_generations * config.max_new_tokens * spec.vocab * 8  # float32 logits + their gradient
+    memory = {
+        "weights": weights / 1e9,
+        "gradients": grads / 1e9,
+        "optimizer": optimizer / 1e9,
+        "activations": learners * (activations + logits) / 1e9,
+        "processes": (learners + (0 if colocated else workers)) * CPU_PROCESS_GB,
+        "Ray (daemons, driver, controller)": CPU_RAY_GB,
+    }
+    if colocated:
+        memory["rollout KV cache"] = kv_gb
+    else:
+        memory["rollout actors"] = workers * (n * CPU_BYTES_PER_PARAM / 1e9 + kv_gb)
+    return phases, memory
+
+
+def _memory_peak(memory: dict[str, float], hw: Hardware) -> float:
+    """GPU: the busiest GPU (learner, or a rollout actor on its own); CPU: the RAM of every process together."""
+    return sum(memory.values()) if hw.is_cpu else _peak(memory)
+
+
 def _model_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[dict[str, float], dict[str, float]]:
     config = _checkpointing_resolved(config, spec, hw)
+    if hw.is_cpu:
+        return _cpu_phases(config, spec, hw)
     n = spec.params
     peak = hw.peak_tflops * 1e12
     bandwidth = hw.hbm_tbps * 1e12
@@ -345,6 +563,22 @@ def _peak(memory: dict[str, float]) -> float:
 
 def _assumptions(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> list[str]:
     tokens = image_tokens(config.max_image_size, spec.image_factor)
+    if hw.is_cpu:
+        processes = config.num_learners + (0 if config.rollout_mode == "colocated" else config.num_rollout_workers)
+        return [
+            f"model {spec.name}: {spec.params / 1e9:.3g} B parameters, image factor {spec.image_factor}px",
+            f"hardware {hw.name}: {hw.cores} core(s) read here (affinity, cgroup quota), "
+            f"{hw.peak_tflops * 1e3:.0f} GFLOPs fp32 peak each, {CPU_MFU:.0%} of it reached sampling, "
+            f"{CPU_TRAIN_MFU:.0%} training; "
+            f"{hw.memory_gb:.1f} GB RAM shared by all {processes} processes",
+            f"{processes} single-threaded processes ({config.num_learners} learner(s), float32) time-share the cores",
+            f"square {config.max_image_size}px images → {tokens} visual tokens + {PROMPT_TEXT_TOKENS} text tokens",
+            f"every completion runs to max_new_tokens={config.max_new_tokens} (upper bound)",
+            f"decode {CPU_DECODE_STEP_OVERHEAD_S * 1e3:.0f} ms/token fixed (HF generate on one core), "
+            f"{CPU_TRAIN_STEP_OVERHEAD_S:.2f} s fixed per optimizer step (DeepSpeed, gloo)",
+            "excludes startup (Ray, model loading), rollout pictures and checkpoints; fitted to the tiny recipe "
+            "on a 2-core AMD EPYC: --calibrate for another model or machine",
+        ]
     return [
         f"model {spec.name}: {spec.params / 1e9:.3g} B parameters, image factor {spec.image_factor}px",
         f"hardware {hw.name}: {hw.peak_tflops:g} TFLOPs bf16 dense, {hw.hbm_tbps:g} TB/s, {hw.memory_gb:g} GB",
@@ -373,8 +607,9 @@ def _decode_assumption(config: GRPOConfig, spec: ModelSpec) -> str:
 def estimate(
     config: GRPOConfig, num_samples: int, hardware: str | Hardware = "h100", calibration: Calibration | None = None
 ) -> Estimate:
-    """Time to train on ``num_samples`` prompts and peak GPU memory, for this config and hardware."""
-    hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
+    """Time to train on ``num_samples`` prompts and peak memory (per GPU; on CPU the RAM of all processes), for
+    this config and hardware."""
+    hw = get_hardware(hardware, config) if isinstance(hardware, str) else hardware
     spec = model_spec(config.model_path)
     phases, memory = _model_phases(config, spec, hw)
     assumptions = _assumptions(config, spec, hw)
@@ -392,7 +627,7 @@ def estimate(
         )
     per_step = sum(phases.values())
     steps = math.ceil(num_samples / config.prompts_per_step)
-    peak = _peak(memory)
+    peak = _memory_peak(memory, hw)
     return Estimate(
         total_seconds=per_step * steps,
         seconds_per_step=per_step,
@@ -403,6 +638,7 @@ def estimate(
         fits=peak <= hw.memory_gb,
         hardware=hw.name,
         assumptions=assumptions,
+        memory_scope=hw.memory_label,
     )
 
 
@@ -430,7 +666,7 @@ def calibrate(measured: dict[str, float], config: GRPOConfig, hardware: str | Ha
     ``measured`` is mean seconds per step by phase name; unknown phases (rewards, data loading) are
     kept as fixed seconds per step.
     """
-    hw = get_hardware(hardware) if isinstance(hardware, str) else hardware
+    hw = get_hardware(hardware, config) if isinstance(hardware, str) else hardware
     modelled, _ = _model_phases(config, model_spec(config.model_path), hw)
     totals: dict[str, float] = {}
     extra: dict[str, float] = {}
@@ -453,9 +689,12 @@ class Advice:
     change: dict[str, Any] = field(default_factory=dict)
 
 
-def _variants(config: GRPOConfig) -> list[tuple[str, dict[str, Any], str]]:
+def _variants(config: GRPOConfig, hw: Hardware | None = None) -> list[tuple[str, dict[str, Any], str]]:
+    """Candidate changes. On CPU (``hw.is_cpu``) nothing that needs a GPU (colocated CUDA-graph decode, compiled
+    layers, more GPUs); more processes only onto cores the run leaves idle."""
     out: list[tuple[str, dict[str, Any], str]] = []
-    qwen3 = model_spec(config.model_path).family == "qwen3_vl"
+    cpu = hw is not None and hw.is_cpu
+    qwen3 = model_spec(config.model_path).family == "qwen3_vl" and not cpu
     if config.num_learners == 1 and config.rollout_mode == "pool" and qwen3:
         out.append(("one GPU: colocated rollout, compiled decode and learner layers",
                     {"rollout_mode": "colocated", "compile_decode": True, "compile_layers": True,
@@ -465,7 +704,7 @@ def _variants(config: GRPOConfig) -> list[tuple[str, dict[str, Any], str]]:
         out.append(("compile the decode step and the learner's layers",
                     {"compile_decode": True, "compile_layers": True, "zero_stage": min(config.zero_stage, 2)},
                     "the first step compiles (~2 min)"))
-    if config.rollout_mode == "pool" and not config.compile_layers and config.zero_stage < 3:
+    if config.rollout_mode == "pool" and not config.compile_layers and config.zero_stage < 3 and not cpu:
         out.append(("compile the learner's decoder layers", {"compile_layers": True},
                     "the first step compiles; fuses the learner's elementwise work"))
     if config.max_image_size > 256:
@@ -494,6 +733,8 @@ def _variants(config: GRPOConfig) -> list[tuple[str, dict[str, Any], str]]:
     if config.gradient_checkpointing is True:
         out.append(("gradient checkpointing off", {"gradient_checkpointing": False},
                     "skips the recomputation forward; only offered when the memory estimate fits"))
+    if cpu:
+        return out + _cpu_process_variants(config, hw)
     out.append((f"rollout workers {config.num_rollout_workers} → {config.num_rollout_workers * 2}",
                 {"num_rollout_workers": config.num_rollout_workers * 2}, "one more model copy per worker (GPUs)"))
     learners = config.num_learners * 2
@@ -505,11 +746,30 @@ def _variants(config: GRPOConfig) -> list[tuple[str, dict[str, Any], str]]:
     return out
 
 
+def _cpu_process_variants(config: GRPOConfig, hw: Hardware) -> list[tuple[str, dict[str, Any], str]]:
+    """More learners or rollout actors, only onto cores the run leaves idle (CPU processes time-share the cores)."""
+    pool = config.rollout_mode == "pool"
+    busy = config.num_learners * config.cpus_per_learner + (config.num_rollout_workers if pool else 0)
+    spare = int(hw.cores - busy + 1e-9)
+    out: list[tuple[str, dict[str, Any], str]] = []
+    if pool and spare >= 1:
+        out.append((f"rollout workers {config.num_rollout_workers} → {config.num_rollout_workers + 1}",
+                    {"num_rollout_workers": config.num_rollout_workers + 1}, f"uses one of the {spare} idle core(s)"))
+    if spare >= config.num_learners:
+        learners = config.num_learners * 2
+        prompts = math.ceil(max(config.prompts_per_step, learners) / learners) * learners
+        out.append((f"learners {config.num_learners} → {learners}", {"num_learners": learners, "prompts_per_step": prompts},
+                    f"uses {config.num_learners} of the {spare} idle core(s)"))
+    return out
+
+
 def advise(config: GRPOConfig, hardware: str | Hardware = "h100", num_samples: int = 1000) -> list[Advice]:
-    """Knob changes that speed a step up, each measured by re-running :func:`estimate`, best first."""
+    """Knob changes that speed a step up, each measured by re-running :func:`estimate`, best first. A CPU run gets
+    no GPU advice (see ``_variants``)."""
+    hardware = get_hardware(hardware, config) if isinstance(hardware, str) else hardware
     base = estimate(config, num_samples, hardware)
     advice: list[Advice] = []
-    for title, change, caveat in _variants(config):
+    for title, change, caveat in _variants(config, hardware):
         try:
             changed = GRPOConfig.model_validate({**config.model_dump(), **change})
             new = estimate(changed, num_samples, hardware)
@@ -523,7 +783,7 @@ def advise(config: GRPOConfig, hardware: str | Hardware = "h100", num_samples: i
         if speedup <= 1.01:
             continue
         detail = (
-            f"{per_prompt_base:.2f} → {per_prompt_new:.2f} s per prompt, peak memory "
+            f"{per_prompt_base:.2f} → {per_prompt_new:.2f} s per prompt, peak memory ({base.memory_scope}) "
             f"{base.peak_memory_gb:.1f} → {new.peak_memory_gb:.1f} GB; {caveat}"
         )
         advice.append(Advice(title, detail, speedup, change))
@@ -535,6 +795,6 @@ def estimate_to_json(result: Estimate) -> str:
 
 
 __all__ = [
-    "Advice", "Calibration", "Estimate", "HARDWARE", "Hardware", "ModelSpec", "advise", "calibrate",
-    "estimate", "get_hardware", "model_spec",
+    "Advice", "Calibration", "Estimate", "HARDWARE", "HARDWARE_CHOICES", "Hardware", "ModelSpec", "advise",
+    "calibrate", "detect_cpu", "estimate", "get_hardware", "model_spec",
 ]

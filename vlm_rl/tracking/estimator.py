@@ -616,7 +616,7 @@ def estimate(
     if config.gradient_checkpointing == "auto":
         on = _checkpointing_resolved(config, spec, hw).gradient_checkpointing
         assumptions.append(f"gradient_checkpointing auto → {'on' if on else 'off'} (off when the step fits in "
-                           f"{CHECKPOINTING_MARGIN:.0%} of the GPU's memory without it)")
+                           f"{CHECKPOINTING_MARGIN:.0%} of the memory of {hw.name} without it)")
     if calibration is not None:
         phases = {k: v * calibration.factors.get(k, 1.0) for k, v in phases.items()}
         phases.update(calibration.extra_seconds)

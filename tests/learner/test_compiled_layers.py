@@ -33,7 +33,8 @@ def _step(config: GRPOConfig, items, completions, advantages):
 def test_compiled_layers_step_matches_eager(tiny_model_dir, synthetic_dataset, tmp_path):
     base = dict(model_path=str(tiny_model_dir), train_data=str(synthetic_dataset[0]), num_learners=1, lora_r=8,
                 beta=0.1, loss_type="dapo", max_new_tokens=16, max_image_size=96, prompts_per_step=1,
-                num_generations=4, rollout_mode="colocated", output_dir=str(tmp_path), learning_rate=1e-3)
+                num_generations=4, rollout_mode="colocated", output_dir=str(tmp_path), learning_rate=1e-3,
+                gradient_checkpointing=True)  # (auto would turn it off here: this checks it inside the compiled layer)
     items = [PromptItem.from_sample(load_jsonl(synthetic_dataset[0]).samples[0])]
     completions = [Completion(prompt_index=0, sample_id=items[0].sample_id, text="", completion_ids=ids,
                               rewards={"total": 0.0}) for ids in ([15, 16, 17, 18], [19, 20], [21, 22, 23], [24])]

@@ -30,7 +30,13 @@ python3 -m pip download -q --no-deps $plat -d "$work/extra" aiohttp_cors opencen
   opentelemetry-semantic-conventions prometheus_client colorful smart_open importlib_metadata zipp grpcio protobuf \
   wrapt google-api-core googleapis-common-protos proto-plus google-auth cachetools pyasn1 pyasn1-modules rsa
 # shellcheck disable=SC2086
-python3 -m pip install -q --no-deps --no-compile $plat --target "$work/gpu_site" .whl_gpu/*.whl "$work"/extra/*.whl
+extra=()  # the downloads .whl_gpu does not hold already (pip refuses the same wheel twice)
+for f in "$work"/extra/*.whl; do
+  name=$(basename "$f" | cut -d- -f1 | tr 'A-Z-' 'a-z_')
+  compgen -G ".whl_gpu/${name}-*.whl" > /dev/null || extra+=("$f")
+done
+# shellcheck disable=SC2086
+python3 -m pip install -q --no-deps --no-compile $plat --target "$work/gpu_site" .whl_gpu/*.whl "${extra[@]}"
 for f in "$work"/gpu_site/bin/*; do  # pip wrote this machine's interpreter into the scripts
   if head -c2 "$f" | grep -q '#!'; then sed -i '1s|^#!.*python.*|#!/usr/bin/env python3|' "$f"; fi
 done

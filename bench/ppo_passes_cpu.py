@@ -40,6 +40,9 @@ def main() -> None:
     args = parser.parse_args()
     from vlm_rl.commands.demo import _kv
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from demo_ab_cpu import record
+
     overrides = dict(_kv(item) for item in args.set)
     root = Path(tempfile.mkdtemp(prefix="ppo-passes-"))
     out = Path(args.out)
@@ -52,15 +55,10 @@ def main() -> None:
             if (seed, passes, key) in done:
                 continue
             history = run_arm(seed, passes, root, overrides)
-            results["runs"].append({
-                "seed": seed, "num_iterations": passes, "overrides": overrides,
-                "reward": [h["reward/total"] for h in history],
-                "detection": [h.get("reward/detection", 0.0) for h in history],
-                "eval_map50": {str(h["step"]): h["eval/mAP_50"] for h in history if "eval/mAP_50" in h},
-                "clip_ratio": [h.get("clip_ratio", 0.0) for h in history],
-                "training_seconds": [h.get("time/training", 0.0) for h in history],
-                "step_seconds": [h.get("time/step", 0.0) for h in history],
-            })
+            row = record(seed, f"passes{passes}", overrides, history)  # (bench/demo_ab_cpu.py's fields)
+            row.update(num_iterations=passes, clip_ratio=[h.get("clip_ratio", 0.0) for h in history],
+                       training_seconds=[h.get("time/training", 0.0) for h in history])
+            results["runs"].append(row)
             out.write_text(json.dumps(results, indent=1))  # after every run: a long sweep loses nothing
     runs = [r for r in results["runs"] if json.dumps(r.get("overrides", {}), sort_keys=True) == key]
     print(f"settings: demo + {key}")

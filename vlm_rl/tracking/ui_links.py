@@ -102,12 +102,9 @@ def sweep_links(tracking_uri: str, experiment_id: str, run_id: str) -> dict[str,
     >>> sweep_links("http://h:5000", "2", "p")["sweep results"]
     'http://h:5000/#/experiments/2/runs/p/artifacts/sweep?workflowType=machine_learning'
     """
-    base = f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}"
-    return {
-        "runs (trials)": f"{base}{CLASSIC}",
-        "sweep charts": f"{base}/runs/{run_id}/model-metrics{CLASSIC}",
-        "sweep results": f"{base}/runs/{run_id}/artifacts/sweep{CLASSIC}",
-    }
+    links = run_links(tracking_uri, experiment_id, run_id)
+    sweep = links["rollout pictures"].replace("/artifacts/rollouts", "/artifacts/sweep")
+    return {"runs (trials)": links["runs"], "sweep charts": links["charts"], "sweep results": sweep}
 
 
 def browse_lines(tracking_uri: str, run_id: str | None, links=run_links) -> list[str]:

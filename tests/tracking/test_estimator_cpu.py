@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import vlm_rl.tracking.estimator as estimator
+import vlm_rl.tracking.hardware as hardware
 from vlm_rl.config import GRPOConfig, load_config
 from vlm_rl.tracking.estimator import advise, detect_cpu, estimate, get_hardware
 
@@ -24,7 +25,7 @@ processor\t: 1
 def machine(monkeypatch):
     """A fake /proc and /sys: 8 cores in the affinity mask, no cgroup limits, 32 GB RAM, AVX2 at 2 GHz."""
     files = {"/proc/cpuinfo": CPUINFO, "/proc/meminfo": "MemTotal:       31250000 kB\n"}
-    monkeypatch.setattr(estimator, "_read", lambda path: files.get(path, ""))
+    monkeypatch.setattr(hardware, "_read", lambda path: files.get(path, ""))
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
     return files
 

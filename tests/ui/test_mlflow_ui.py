@@ -132,7 +132,7 @@ def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--window-size=1400,1600", *args],
+         f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--window-size=1400,1600", *args],
         capture_output=True, text=True, timeout=90,
     )
 

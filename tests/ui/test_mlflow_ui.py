@@ -279,7 +279,16 @@ def test_printed_links_open_the_classic_runs_table_and_charts(grpo_run, artifact
     text = _text(runs_page.stdout)
     assert "Run Name" in text and SETTINGS["run_name"] in text, text[:1500]  # the classic runs table
     assert "Detect Issues" not in text and "Token Usage" not in text, text[:1500]  # not the GenAI overview
-    charts = _text(chromium(["--dump-dom", links["charts"]], tmp_path / "profile-charts").stdout)
+    # the charts page in a browser we can poll: a loaded machine draws the first chart seconds after the
+    # sections appear, so a one-shot DOM dump can miss it (seen once in a clean-clone run)
+    browser = Browser(tmp_path / "profile-charts")
+    try:
+        browser.send("Page.navigate", page=True, url=links["charts"])
+        axis = json.dumps(f"Step {SETTINGS['run_name']} (")
+        browser.wait_for(f"document.body.textContent.includes({axis})", timeout=60)
+        charts = _text(browser.js("document.documentElement.outerHTML"))
+    finally:
+        browser.close()
     # the run's model-metrics charts: one section per metric prefix (collapsed past the first few), drawn charts
     assert "Model metrics" in charts and "reward (" in charts and "Detect Issues" not in charts, charts[:1500]
     sections = charts.split("Auto-refresh", 1)[-1]

@@ -206,6 +206,9 @@ class GRPOConfig(BaseConfig):
     share_prompt_forward: bool = Field(
         True, description="learner: run each GRPO group's prompt once and let its completions attend to it "
         "(a block mask; same log-probs and gradients), instead of repeating the prompt per completion")
+    packed_attention: Literal["auto", "flex", "dense"] = Field(
+        "auto", description="the shared-prompt row's attention: flex = a FlexAttention block mask that skips the "
+        "tiles no query sees (CUDA only for training); dense = an [L, L] mask on SDPA; auto = flex on a GPU")
 
     @property
     def clip_high(self) -> float:

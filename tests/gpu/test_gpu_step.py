@@ -177,3 +177,34 @@ def test_fp8_decode_in_a_cuda_graph_follows_the_weights_and_stays_close(tiny_mod
             for name, p in model.named_parameters():
                 if "layers.1.mlp" in name:
                     p.mul_(-1.5)
+
+
+def test_flex_packed_forward_and_backward_match_the_dense_mask_on_cuda(tiny_model_dir):
+    """The shared-prompt row under FlexAttention's block mask (compiled, with its backward: CUDA only) gives the
+    dense-mask SDPA forward's log-probs and gradients (float32)."""
+    from PIL import Image
+
+    from vlm_rl.learner.policy import completion_logprobs
+    from vlm_rl.models.prompts import build_policy_inputs
+
+    model, processor = load_model(tiny_model_dir).to("cuda").eval(), load_processor(tiny_model_dir)
+    images = [Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (32, 64), (30, 30, 200))]
+    completions = [[58, 4913, 17, 90], [60, 61], [58, 60, 5, 6, 7], [1, 2], [7]]
+    batch = build_policy_inputs(processor, images, "Find the signs.", completions, repeats=[2, 3], share_images=True)
+    batch = {k: v.to("cuda") if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    mask = batch["completion_mask"].bool()
+
+    def run(kernel: str):
+        model.zero_grad()
+        work = dict(batch)
+        logp = completion_logprobs(model, work, share_prompts=True, packed_attention=kernel)
+        assert isinstance(work["_packed"]["attention_mask"], torch.Tensor) == (kernel == "dense")
+        (logp * mask).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    want, want_grads = run("dense")
+    got, got_grads = run("flex")
+    torch.testing.assert_close(got[mask], want[mask], atol=1e-4, rtol=1e-3)
+    assert want_grads.keys() == got_grads.keys()
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, atol=2e-4, rtol=2e-3, msg=name)

@@ -91,3 +91,66 @@ def test_packing_is_skipped_where_its_attention_outgrows_what_the_prompt_saves()
     assert packing_pays(1150, 256, [4] * 8, text)  # 1024 px
     assert not packing_pays(100, 1024, [16], text)
     assert not packing_pays(336, 1024, [16] * 2, text)
+
+
+def test_flex_block_mask_is_the_dense_mask(tiny_model_dir):
+    """The FlexAttention block mask allows exactly the pairs of the dense mask, and skips tiles: a key block
+    of another completion is never visited."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    processor = load_processor(tiny_model_dir)
+    completions = [[58, 4913, 17, 90], [60, 61], [58, 60, 5, 6, 7], [1, 2], [7], [11, 12, 13]]
+    batch = _batch(processor, 32, completions, [2, 3, 1])
+    dense = pack_prompt_groups(batch, pad_id=0)
+    flex = pack_prompt_groups(batch, pad_id=0, kernel="flex")
+    mask = flex["attention_mask"]
+    assert not isinstance(mask, torch.Tensor)  # a BlockMask: no [L, L] tensor held
+    length = dense["input_ids"].shape[1]
+    assert mask.shape == (3, 1, length, length)
+    assert torch.equal(create_mask(mask.mask_mod, 3, 1, length, length, device="cpu"), dense["attention_mask"])
+    for key in ("input_ids", "hidden_index", "completion_offset"):
+        assert torch.equal(flex[key], dense[key]), key
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
+def test_flex_packed_logprobs_equal_the_dense_and_unpacked_ones(request, family):
+    """The text layers switched to the dispatcher: a block mask goes to FlexAttention (eager form on CPU, no
+    grad), unpacked rows still go to SDPA; all three give the same log-probs."""
+    from vlm_rl.learner.packed_attention import ATTENTION_NAME
+
+    path = request.getfixturevalue("tiny_model_dir" if family == "qwen3_vl" else "tiny_qwen25_dir")
+    model, processor = load_model(path).eval(), load_processor(path)
+    completions = [[58, 4913, 17, 90], [60, 61], [58, 60, 5, 6, 7], [1, 2], [7], [11, 12, 13]]
+    batch = _batch(processor, 32 if family == "qwen3_vl" else 28, completions, [2, 3, 1])
+    mask = batch["completion_mask"].bool()
+    with torch.no_grad():
+        dense = completion_logprobs(model, dict(batch), share_prompts=True, packed_attention="dense")
+        flex_batch = dict(batch)
+        flex = completion_logprobs(model, flex_batch, share_prompts=True, packed_attention="flex")
+        assert not isinstance(flex_batch["_packed"]["attention_mask"], torch.Tensor)  # the flex path ran
+        assert model.config.text_config._attn_implementation == ATTENTION_NAME
+        unpacked = completion_logprobs(model, dict(batch), share_prompts=False)
+    torch.testing.assert_close(flex[mask], dense[mask], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(unpacked[mask], dense[mask], atol=2e-5, rtol=1e-4)
+
+
+def test_flex_is_chosen_on_cuda_and_refused_for_training_on_cpu():
+    from vlm_rl.learner.packed_attention import check_trainable, resolve
+
+    assert resolve("auto", "cpu") == "dense" and resolve("dense", "cuda") == "dense"
+    assert resolve("auto", "cuda") == "flex" and resolve("flex", "cpu") == "flex"  # no-grad passes may use it
+    with pytest.raises(ValueError, match="packed_attention: flex trains on a CUDA GPU only"):
+        check_trainable("flex", "cpu")
+    check_trainable("auto", "cpu")
+    with pytest.raises(ValueError, match="packed_attention: 'sparse' is not one of auto, flex, dense"):
+        resolve("sparse", "cpu")
+
+
+def test_with_flex_packing_pays_where_the_dense_mask_does_not():
+    """FlexAttention computes the allowed pairs (plus edge tiles), not (P + kC)²: the long-completion cases the
+    dense rule refuses pay under it, and a group of one (nothing shared) never does."""
+    text = real_architecture_config("qwen3-vl-8b").text_config
+    assert packing_pays(100, 1024, [16], text, kernel="flex")
+    assert packing_pays(336, 1024, [16] * 2, text, kernel="flex")
+    assert packing_pays(336, 256, [4] * 8, text, kernel="flex")
+    assert not packing_pays(336, 256, [1] * 8, text, kernel="flex")

@@ -74,13 +74,16 @@ def image_features(model, batch: dict):
     return features
 
 
-def completion_logprobs(model, batch: dict, temperature: float = 1.0, share_prompts: bool = False) -> torch.Tensor:
+def completion_logprobs(model, batch: dict, temperature: float = 1.0, share_prompts: bool = False,
+                        packed_attention: str = "auto") -> torch.Tensor:
     """Log-probs of the completion tokens, [N, C].
 
     Runs the decoder for hidden states and turns only the completion span into log-probs chunk by chunk
     (``chunked_token_logprobs``), so no [N, C, vocab] logits tensor exists in either pass. Falls back to
     sliced logits when the lm_head weight is sharded (ZeRO-3) or the model has no separate lm_head.
     ``share_prompts``: rows that share a prompt run it once (``learner/shared_prompt.py``); same values.
+    ``packed_attention``: the packed row's mask, "dense", "flex" (a FlexAttention block mask) or "auto" (flex on
+    CUDA; ``learner/packed_attention.py``).
     """
     completion_ids = batch["input_ids"][:, batch["prompt_length"] :]
     width = completion_ids.shape[1]
@@ -90,8 +93,9 @@ def completion_logprobs(model, batch: dict, temperature: float = 1.0, share_prom
         from vlm_rl.learner.shared_prompt import can_pack
 
         text_config = getattr(lm.config, "text_config", None)
-        if can_pack(batch, getattr(lm.config, "_attn_implementation", None), text_config):
-            return _packed_completion_logprobs(lm, model, batch, temperature)
+        kernel = _packed_kernel(lm, packed_attention, batch)
+        if can_pack(batch, getattr(lm.config, "_attn_implementation", None), text_config, kernel):
+            return _packed_completion_logprobs(lm, model, batch, temperature, kernel)
     if head is not None and hasattr(lm, "model") and not hasattr(head.weight, "ds_id"):
         from vlm_rl.algos.logprobs import chunked_token_logprobs
 
@@ -102,7 +106,25 @@ def completion_logprobs(model, batch: dict, temperature: float = 1.0, share_prom
     return _logits_logprobs(out.logits[:, :-1, :], completion_ids, temperature)
 
 
-def _packed_completion_logprobs(lm, model, batch: dict, temperature: float) -> torch.Tensor:
+def _packed_kernel(lm, setting: str, batch: dict) -> str:
+    """"flex" where the setting resolves to it on this device and the text layers take a block mask (an
+    ``sdpa`` model, switched to ``packed_attention``'s dispatcher), else "dense"."""
+    from vlm_rl.learner import packed_attention
+
+    text_config = getattr(lm.config, "text_config", lm.config)
+    if "_packed" in batch:  # packed by an earlier pass (the policy's, then the reference model's): same mask
+        if isinstance(batch["_packed"]["attention_mask"], torch.Tensor):
+            return "dense"
+        if not packed_attention.install(text_config):
+            raise ValueError(f"packed_attention: a block mask was built for this micro-batch but this model's "
+                             f"attention is {text_config._attn_implementation!r}, not sdpa")
+        return "flex"
+    if packed_attention.resolve(setting, batch["input_ids"].device) != "flex":
+        return "dense"
+    return "flex" if packed_attention.install(text_config) else "dense"
+
+
+def _packed_completion_logprobs(lm, model, batch: dict, temperature: float, kernel: str = "dense") -> torch.Tensor:
     """``completion_logprobs`` with each group's prompt run once. The packing is kept in ``batch`` so the
     reference pass of the same micro-batch reuses it."""
     from vlm_rl.algos.logprobs import chunked_token_logprobs
@@ -113,7 +135,8 @@ def _packed_completion_logprobs(lm, model, batch: dict, temperature: float) -> t
     if packed is None:
         eager = getattr(lm.config, "_attn_implementation", None) == "eager"
         # pad id 0: padding columns are masked out, any token id serves
-        packed = pack_prompt_groups(batch, 0, float_mask_dtype=lm.dtype if eager else None)
+        packed = pack_prompt_groups(batch, 0, float_mask_dtype=lm.dtype if eager else None,
+                                    kernel="dense" if eager else kernel)
         packed["position_ids"] = packed_position_ids(core, packed)
         batch["_packed"] = packed
     inputs = model_inputs(packed, model)

@@ -96,6 +96,10 @@ class PolicyLearner:
         self.reference: FrozenReference | None = None  # full fine-tuning with beta > 0: see take_reference
         self.advantage_scale = 1.0  # 0: a control run (same seed, no policy-gradient signal; run_grpo)
         self.device = engine.device
+        if getattr(config, "share_prompt_forward", False):
+            from vlm_rl.learner.packed_attention import check_trainable
+
+            check_trainable(config.packed_attention, self.device)  # before the first step, not inside it
         self.compiled = CompiledLayers(engine.module, enabled=config.compile_layers)
         self._prefetch = Prefetcher(self._encode, "vlmrl-learner-prefetch")  # prompts -> their encoding
 
@@ -200,7 +204,7 @@ class PolicyLearner:
 
         encoding = self._prefetch.take(tuple(items))  # every prompt of the step, encoded once (usually prefetched)
         pad_id = self.processor.tokenizer.pad_token_id
-        share = config.share_prompt_forward  # each group's prompt once (learner/shared_prompt.py)
+        share = _sharing(config)  # each group's prompt once (learner/shared_prompt.py)
 
         def inputs(sl: slice) -> dict:
             chunk = completions[sl]
@@ -217,7 +221,7 @@ class PolicyLearner:
                 for m in range(1, minis):
                     for i, (sl, _) in enumerate(plans[m]):
                         proximal[m, i] = completion_logprobs(engine, inputs(sl), config.temperature,
-                                                             share_prompts=share)
+                                                             **share)
 
         # Metrics stay on the device until the end: no host sync between micro-batches, so the CPU builds
         # the next micro-batch's inputs (image load, processor) while the GPU runs this one's backward.
@@ -226,7 +230,7 @@ class PolicyLearner:
         batch = inputs(schedule[0][3])
         for j, (k, m, i, sl, live) in enumerate(schedule):
             mask = batch["completion_mask"].float()
-            logp = completion_logprobs(engine, batch, config.temperature, share_prompts=share)
+            logp = completion_logprobs(engine, batch, config.temperature, **share)
             key = (m, i)
             if key not in proximal:  # first mini-batch of the first pass: no update yet, pi_prox = pi_theta
                 proximal[key] = logp.detach()
@@ -260,12 +264,12 @@ class PolicyLearner:
     def _reference_logprobs(self, batch: dict) -> torch.Tensor:
         """The KL reference's log-probs for a micro-batch (no grad): fixed over the step, so taken once."""
         config: GRPOConfig = self.config  # type: ignore[assignment]
-        share = config.share_prompt_forward
+        share = _sharing(config)
         with torch.no_grad():
             if self.reference is not None:  # full fine-tuning: the frozen copy taken at GRPO start
-                return completion_logprobs(self.reference.module, batch, config.temperature, share_prompts=share)
+                return completion_logprobs(self.reference.module, batch, config.temperature, **share)
             with reference_context(self.engine.module, self.lora):  # LoRA: the same network with the adapter off
-                return completion_logprobs(self.engine, batch, config.temperature, share_prompts=share)
+                return completion_logprobs(self.engine, batch, config.temperature, **share)
 
     def _step_metrics(self, pending, grad_norms, scale: float, passes: int, minis: int, tis_stats) -> dict:
         """Means over the step's updates: ``loss`` (each optimizer step's loss), ``kl``, ``clip_ratio`` (and
@@ -356,3 +360,8 @@ class PolicyLearner:
     def model_config(self):
         """The HF config written beside full weights in a checkpoint (None under LoRA)."""
         return None if self.lora else self.engine.module.config
+
+
+def _sharing(config: GRPOConfig) -> dict:
+    """``completion_logprobs``' prompt-sharing arguments from the config."""
+    return {"share_prompts": config.share_prompt_forward, "packed_attention": config.packed_attention}

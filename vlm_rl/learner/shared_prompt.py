@@ -6,13 +6,15 @@ block mask lets each completion attend to the prompt and to its own earlier toke
 rotary positions continue from the prompt as in its own row, so the log-probs and their gradients equal
 the row-per-completion forward's (tests/learner/test_shared_prompt.py). The decoder then sees P + G·C tokens
 per group instead of G·(P + C). It works on the stock Hugging Face model through a custom 4-D attention
-mask (SDPA or eager attention); verl's PrefixGrouper instead splits attention into two calls inside a
+mask (SDPA or eager attention) or a FlexAttention block mask (learner/packed_attention.py); verl's PrefixGrouper instead splits attention into two calls inside a
 modified model file.
 """
 
 from __future__ import annotations
 
 import torch
+
+from vlm_rl.learner import packed_attention
 
 
 def prompt_groups(image_rows: list[int]) -> list[tuple[int, int]]:
@@ -26,10 +28,13 @@ def prompt_groups(image_rows: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-#: The packed row runs SDPA's memory-efficient kernel over a dense [L, L] mask: every tile is computed (no causal
-#: skipping) and each costs more than the causal flash kernel's. Per attention FLOP it is taken as this much
-#: dearer than the row-per-completion forward's causal attention (which does half the pairs).
+#: With the dense [L, L] mask SDPA runs its memory-efficient kernel over every tile (no causal skipping), each
+#: dearer than the causal flash kernel's: per attention FLOP it is taken as this much dearer than the
+#: row-per-completion forward's causal attention (which does half the pairs). Uncalibrated (no GPU A/B yet).
 MASKED_ATTENTION_COST = 1.5
+#: FlexAttention's block mask skips empty tiles: the packed row computes about its allowed pairs, at the causal
+#: kernel's cost per pair, plus the partial tiles on the block edges (taken as one 128-wide tile per block row).
+FLEX_TILE = 128
 
 
 def decoder_cost(tokens: int, attention_pairs: float, text_config) -> float:
@@ -43,24 +48,36 @@ def decoder_cost(tokens: int, attention_pairs: float, text_config) -> float:
     return text_config.num_hidden_layers * (2 * weights * tokens + 4 * heads * head_dim * attention_pairs)
 
 
-def packing_pays(prompt_len: int, completion_len: int, group_sizes: list[int], text_config) -> bool:
-    """Does one packed row per group (P + k·C tokens, dense attention) cost less than k rows of P + C (causal)?
+def packed_attention_pairs(prompt_len: int, completion_len: int, k: int, kernel: str) -> float:
+    """Query-key pairs the packed row's attention computes: all L² under the dense mask (weighted by
+    ``MASKED_ATTENTION_COST``), the allowed ones plus edge tiles under FlexAttention."""
+    length = prompt_len + k * completion_len
+    if kernel == "flex":
+        allowed = prompt_len * prompt_len / 2 + k * (prompt_len * completion_len + completion_len * completion_len / 2)
+        return allowed + length * FLEX_TILE
+    return MASKED_ATTENTION_COST * length * length
 
-    Usually yes: the prompt's projections are done once. With long completions, large groups and short prompts
-    the packed row's attention, growing with (P + k·C)², outgrows what the prompt saves (k·(P + C)² / 2)."""
+
+def packing_pays(prompt_len: int, completion_len: int, group_sizes: list[int], text_config,
+                 kernel: str = "dense") -> bool:
+    """Does one packed row per group (P + k·C tokens) cost less than k rows of P + C (causal)?
+
+    Usually yes: the prompt's projections are done once. Under the dense mask, with long completions, large
+    groups and short prompts, the packed row's attention, growing with (P + k·C)², outgrows what the prompt
+    saves (k·(P + C)² / 2); FlexAttention computes only the allowed pairs, so it nearly always pays."""
     row = prompt_len + completion_len
     packed = unpacked = 0.0
     for k in group_sizes:
         length = prompt_len + k * completion_len
-        packed += decoder_cost(length, MASKED_ATTENTION_COST * length * length, text_config)
+        packed += decoder_cost(length, packed_attention_pairs(prompt_len, completion_len, k, kernel), text_config)
         unpacked += decoder_cost(k * row, k * row * row / 2, text_config)
     return packed < unpacked
 
 
-def can_pack(batch: dict, attn_implementation: str | None, text_config=None) -> bool:
+def can_pack(batch: dict, attn_implementation: str | None, text_config=None, kernel: str = "dense") -> bool:
     """Packing needs some prompt serving two or more rows and an attention that takes a 4-D mask, and (given
     the model's ``text_config``) must cost less than the row-per-completion forward (``packing_pays``)."""
-    if attn_implementation not in (None, "sdpa", "eager") or "image_rows" not in batch:
+    if attn_implementation not in (None, "sdpa", "eager", packed_attention.ATTENTION_NAME) or "image_rows" not in batch:
         return False
     prompt_len = int(batch["prompt_length"])
     if batch["input_ids"].shape[1] <= prompt_len:
@@ -70,10 +87,12 @@ def can_pack(batch: dict, attn_implementation: str | None, text_config=None) -> 
         return False
     if text_config is None:
         return True
-    return packing_pays(prompt_len, batch["input_ids"].shape[1] - prompt_len, [k for _, k in groups], text_config)
+    return packing_pays(prompt_len, batch["input_ids"].shape[1] - prompt_len, [k for _, k in groups], text_config,
+                        kernel)
 
 
-def pack_prompt_groups(batch: dict, pad_id: int, float_mask_dtype: torch.dtype | None = None) -> dict:
+def pack_prompt_groups(batch: dict, pad_id: int, float_mask_dtype: torch.dtype | None = None,
+                       kernel: str = "dense") -> dict:
     """The packed batch of a ``share_images`` policy batch (``policy_inputs_from_encoding``).
 
     Returns the model's inputs for one row per group (``input_ids``, a 4-D ``attention_mask``,
@@ -82,6 +101,7 @@ def pack_prompt_groups(batch: dict, pad_id: int, float_mask_dtype: torch.dtype |
     completion column's place in its block, 0 elsewhere), ``hidden_index`` [N, C] (where in the flattened [B·L] hidden states each
     completion token's prediction is read) and ``completion_ids`` [N, C].
     ``float_mask_dtype``: an additive mask of that dtype (eager attention) instead of a boolean one (SDPA).
+    ``kernel="flex"``: the mask is a FlexAttention ``BlockMask`` (learner/packed_attention.py), no [L, L] tensor.
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]
     prompt_len = int(batch["prompt_length"])
@@ -110,15 +130,10 @@ def pack_prompt_groups(batch: dict, pad_id: int, float_mask_dtype: torch.dtype |
     offset = torch.zeros((len(groups), length), dtype=torch.long, device=device)  # column's place in its block
     offset[rows, cols] = torch.arange(c, device=device)[None, :].expand(n, -1)
 
-    pos = torch.arange(length, device=device)
-    causal = pos[None, :] <= pos[:, None]
-    same_block = (block_of[:, None, :] == 0) | (block_of[:, None, :] == block_of[:, :, None])
-    allowed = valid[:, None, :] & causal[None] & same_block
-    allowed |= torch.eye(length, dtype=torch.bool, device=device)[None]  # padding queries see themselves only
-    attention = allowed[:, None]
-    if float_mask_dtype is not None:
-        attention = torch.zeros(attention.shape, dtype=float_mask_dtype, device=device).masked_fill(
-            ~attention, torch.finfo(float_mask_dtype).min)
+    if kernel == "flex":
+        attention = packed_attention.block_mask(valid, block_of)
+    else:
+        attention = packed_attention.dense_mask(valid, block_of, float_mask_dtype)
 
     # Token t of a completion is predicted at the position before it: the prompt's last for t = 0.
     before = cols - 1

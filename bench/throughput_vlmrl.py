@@ -12,8 +12,11 @@ from throughput_common import _free, _peak_gb, _reset_peak, summarise
 
 #: result key of each vlm-rl rollout mode
 #: ("colocated-unshared": the learner repeats each prompt per completion, share_prompt_forward off, for an A/B;
-#: "colocated-fp8": the same rollout sampling with FP8 projections, rollout_dtype=fp8)
+#: "colocated-fp8": the same rollout sampling with FP8 projections, rollout_dtype=fp8;
+#: "colocated-flex": the shared-prompt row on a FlexAttention block mask, packed_attention=flex, against the dense
+#: mask of "colocated")
 MODE_KEYS = {"colocated": "vlm-rl", "colocated-unshared": "vlm-rl-unshared", "colocated-fp8": "vlm-rl-fp8",
+             "colocated-flex": "vlm-rl-flex",
              "pool": "vlm-rl-pool", "pool-async": "vlm-rl-pool-async"}
 
 
@@ -60,6 +63,7 @@ def run_vlmrl(model_dir: Path, train: str, args, mode: str = "colocated") -> dic
         num_generations=args.generations, prompts_per_step=args.prompts, num_steps=args.warmup + args.steps,
         beta=args.beta, loss_type="dapo", max_new_tokens=args.new_tokens, learning_rate=1e-5,
         rollout_mode="pool" if pool_mode else "colocated", share_prompt_forward=mode != "colocated-unshared",
+        packed_attention="flex" if mode == "colocated-flex" else "dense",
         output_dir=tempfile.mkdtemp(prefix="vlmrl-bench-"),
         micro_batch_size=args.micro_batch, compile_layers=args.compile_learner,
         compile_decode=args.compile_decode and not pool_mode,  # the actor gets it through its own kwargs

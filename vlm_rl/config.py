@@ -207,8 +207,9 @@ class GRPOConfig(BaseConfig):
         True, description="learner: run each GRPO group's prompt once and let its completions attend to it "
         "(a block mask; same log-probs and gradients), instead of repeating the prompt per completion")
     packed_attention: Literal["auto", "flex", "dense"] = Field(
-        "auto", description="the shared-prompt row's attention: flex = a FlexAttention block mask that skips the "
-        "tiles no query sees (CUDA only for training); dense = an [L, L] mask on SDPA; auto = flex on a GPU")
+        "dense", description="the shared-prompt row's attention: dense = an [L, L] mask on SDPA; flex = a "
+        "FlexAttention block mask that skips the tiles no query sees (CUDA only for training); auto = flex on a "
+        "GPU, dense elsewhere. dense stays the default until flex has been timed on a GPU (docs/PERFORMANCE.md)")
 
     @property
     def clip_high(self) -> float:

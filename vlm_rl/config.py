@@ -231,6 +231,10 @@ class GRPOConfig(BaseConfig):
                              "samples with the learner's own model, so it cannot run ahead of it)")
         if self.rollout_dtype == "fp8" and self.rollout_engine != "fast":
             raise ValueError("rollout_dtype: fp8 sampling is a mode of the fast engine; set rollout_engine=fast")
+        if self.rollout_dtype == "fp8" and self.rollout_mode == "colocated" and self.zero_stage == 3:
+            raise ValueError("rollout_dtype: fp8 quantizes the sampler's full weights, and a colocated ZeRO-3 "
+                             "learner holds only shards; use rollout_mode=pool (the actors hold full weights) or "
+                             "zero_stage 2")
         if self.compile_decode and self.rollout_mode != "colocated":
             raise ValueError("compile_decode: only the colocated rollout compiles its decode step; "
                              "set rollout_mode=colocated or leave compile_decode off")

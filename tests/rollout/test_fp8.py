@@ -3,10 +3,11 @@ decode loop with FP8 projections against the same loop in the model's dtype."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vlm_rl.data.schema import load_jsonl
-from vlm_rl.models.loading import load_processor
+from vlm_rl.models.loading import load_model, load_processor
 from vlm_rl.models.prompts import detection_instruction, encode_prompts
 from vlm_rl.rollout.engine import eos_token_ids, prepare_prompt
 from vlm_rl.rollout.fast_decode import StaticDecoder
@@ -74,3 +75,29 @@ def test_fp8_decode_samples_close_to_the_model_and_leaves_it_untouched(tiny_mode
     with fp8.active():
         assert all("forward" in m.__dict__ for m in fp8.modules)
     assert fp8.refreshes == 1 and all("forward" not in m.__dict__ for m in fp8.modules)
+
+
+def test_fp8_config_is_refused_where_it_cannot_quantize():
+    from pydantic import ValidationError
+
+    from vlm_rl.config import GRPOConfig
+
+    base = dict(model_path="tiny-qwen3-vl", rollout_dtype="fp8")
+    with pytest.raises(ValidationError, match="fp8 sampling is a mode of the fast engine"):
+        GRPOConfig(**base, rollout_engine="hf")
+    with pytest.raises(ValidationError, match="a colocated ZeRO-3 learner holds only shards"):
+        GRPOConfig(**base, rollout_mode="colocated", num_learners=1, zero_stage=3)
+    GRPOConfig(**base, rollout_mode="pool", zero_stage=3)  # the actors hold full weights
+
+
+def test_a_decoder_with_nothing_to_quantize_samples_in_its_own_dtype(tiny_model_dir, caplog):
+    """Partitioned (empty) weights, as a ZeRO-3 shard holds: no FP8 copies, a warning, plain sampling."""
+    model = load_model(tiny_model_dir).eval()
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            for module in layer.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+    with caplog.at_level("WARNING"):
+        decoder = StaticDecoder(model, eos_ids=[0], pad_id=0, fp8=True)
+    assert decoder.fp8 is None and "no projection of this decoder can be quantized" in caplog.text

@@ -19,6 +19,7 @@ On CPU the same loop runs eagerly, which is what the CPU tests check against HF 
 from __future__ import annotations
 
 import inspect
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -152,6 +153,10 @@ class StaticDecoder:
         self.merged_modules = 0
         # FP8 rollouts (rollout/fp8.py): the decoder's projections in e4m3, refreshed from the folded weights
         self.fp8 = Fp8Decoder(self.layers) if fp8 else None
+        if self.fp8 is not None and self.fp8.count == 0:  # e.g. partitioned weights: say so, don't claim FP8
+            logging.getLogger(__name__).warning("rollout_dtype=fp8: no projection of this decoder can be "
+                                                "quantized (empty or odd-shaped weights); sampling in its dtype")
+            self.fp8 = None
         _register_attention()
 
     # -- public --------------------------------------------------------------------------------
@@ -310,8 +315,6 @@ class StaticDecoder:
                 self._warm(s, self._compiled)
                 step, compiled, self.mode = self._compiled, True, "compiled+graph"
             except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager graph still works
-                import logging
-
                 logging.getLogger(__name__).warning("torch.compile of the decode step failed (%s); eager", exc)
                 self.compile_step, self._compiled = False, None
         if not compiled:  # (a bound method is a new object on each access: compare a flag, not identity)

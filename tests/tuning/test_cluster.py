@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-import tuning.sweep_grpo as sweep
-from tuning.sweep_grpo import FoundCluster, choose_cluster, connect, find_cluster, read_env_file
+import tuning.cluster as cluster_module
+from tuning.cluster import FoundCluster, choose_cluster, connect, find_cluster, read_env_file
 from vlm_rl.config import GRPOConfig
 
 KEYS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI", "VLMRL_GCS_ADDRESS",
@@ -33,8 +33,8 @@ def machine(tmp_path, monkeypatch):
     monkeypatch.setenv("VLMRL_LOCAL_DIR", str(state))
     running: set[str] = set()
     refreshed = []
-    monkeypatch.setattr(sweep, "running_gcs_addresses", lambda: set(running))
-    monkeypatch.setattr(sweep, "refresh_ray_auth", lambda: refreshed.append(os.environ.get("RAY_AUTH_MODE")))
+    monkeypatch.setattr(cluster_module, "running_gcs_addresses", lambda: set(running))
+    monkeypatch.setattr(cluster_module, "refresh_ray_auth", lambda: refreshed.append(os.environ.get("RAY_AUTH_MODE")))
     import ray._private.utils as ray_utils
 
     last_start: list[str | None] = [None]

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def assumptions(config: GRPOConfig, hardware: Hardware) -> str:
     """What the estimate is of: model (and its size), images, batch shape, GPU or CPU; and how to change each."""
-    from vlm_rl.tracking.estimator import model_spec
+    from vlm_rl.tracking.model_specs import model_spec
 
     spec, gpu = model_spec(config.model_path), hardware
     return (

@@ -77,7 +77,7 @@ def saves_reference(config: BaseConfig) -> bool:
 
 def checkpoint_size(config: BaseConfig, spec=None) -> CheckpointSize:
     """Estimated bytes of one checkpoint of this run (parameters counted from the model's config.json)."""
-    from vlm_rl.tracking.estimator import lora_params, model_spec
+    from vlm_rl.tracking.model_specs import lora_params, model_spec
 
     spec = spec or model_spec(config.model_path)
     params = float(spec.params)

@@ -39,11 +39,13 @@ from throughput_trl import run_trl  # noqa: E402
 from throughput_vlmrl import MODE_KEYS, run_vlmrl  # noqa: E402
 
 
-def run_isolated(framework: str, arch: str, argv: list[str], mode: str | None = None) -> dict:
+def run_isolated(framework: str, arch: str, argv: list[str], mode: str | None = None,
+                 cache: str | None = None) -> dict:
     """``framework`` on ``arch`` (vlm-rl: in rollout ``mode``) in a fresh Python process (same arguments
-    otherwise); its result dict."""
+    otherwise); its result dict. ``cache``: the child's VLM_RL_CACHE (compile caches, models/compile_cache.py)."""
     import subprocess
 
+    env = dict(os.environ, **({"VLM_RL_CACHE": cache} if cache else {}))
     with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
         out = Path(tmp) / "child.json"
         child = _without_options(argv, {"--arch": True, "--frameworks": True, "--out": True, "--isolate": False,
@@ -51,9 +53,22 @@ def run_isolated(framework: str, arch: str, argv: list[str], mode: str | None = 
         modes = ["--rollout-mode", mode] if mode else []
         cmd = [sys.executable, str(Path(__file__).resolve()), *child, "--arch", arch, "--frameworks", framework,
                *modes, "--out", str(out), "--skip-ceilings"]
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env=env)
         key = MODE_KEYS[mode] if mode else framework
         return json.loads(out.read_text())["results"][arch][key]
+
+
+def run_cold_warm(arch: str, argv: list[str], mode: str) -> dict:
+    """A vlm-rl arm twice in fresh processes sharing one new VLM_RL_CACHE: the first compiles from nothing
+    (cold), the second loads what the first stored (warm, as a second run on the node does). The warm run's
+    result, with both runs' set-up and first-step seconds."""
+    with tempfile.TemporaryDirectory(prefix="bench-cache-") as cache:
+        cold = run_isolated("vlm-rl", arch, argv, mode, cache=cache)
+        warm = run_isolated("vlm-rl", arch, argv, mode, cache=cache)
+    for name, run in (("cold", cold), ("warm", warm)):
+        warm[f"first_step_{name}_seconds"] = run.get("first_step_seconds")
+        warm[f"setup_{name}_seconds"] = run.get("setup_seconds")
+    return warm
 
 
 def _without_options(argv: list[str], options: dict[str, bool]) -> list[str]:
@@ -106,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run each framework in its own child process: every peak-memory figure is then that "
                              "framework's alone (in one process the second one's set-up still sees the first's "
                              "leftovers)")
+    parser.add_argument("--cold-warm", action="store_true",
+                        help="with --isolate: run each vlm-rl arm twice on one fresh compile cache and record the "
+                             "cold and warm set-up and first-step seconds (issue 24's first-step targets)")
     parser.add_argument("--out", default=None, help="JSON file for all results")
     parser.add_argument("--profile", default=None, help="folder: torch.profiler kernel tables of vlm-rl's last "
                         "step (learner and rollout); that step is excluded from nothing, so use --steps >= 3")
@@ -129,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         for key, fw, mode in runs:
             print(f"== {arch} {key}", flush=True)
             try:
-                if args.isolate:
-                    res[key] = run_isolated(fw, arch, argv if argv is not None else sys.argv[1:], mode)
+                child_argv = argv if argv is not None else sys.argv[1:]
+                if args.isolate and args.cold_warm and fw == "vlm-rl":
+                    res[key] = run_cold_warm(arch, _without_options(child_argv, {"--cold-warm": False}), mode)
+                elif args.isolate:
+                    res[key] = run_isolated(fw, arch, child_argv, mode)
                 elif fw == "trl":
                     res[key] = run_trl(model_dir, train, args)
                 else:
@@ -150,9 +171,16 @@ def main(argv: list[str] | None = None) -> int:
         if all("prompts_per_hour" in res.get(fw, {}) for fw in ("trl", "vlm-rl")):
             res["ratio_prompts_per_hour"] = res["vlm-rl"]["prompts_per_hour"] / res["trl"]["prompts_per_hour"]
             res["ratio_peak_memory"] = res["vlm-rl"]["peak_memory_gb"] / res["trl"]["peak_memory_gb"]
-        if "prompts_per_hour" in res.get("vlm-rl-unshared", {}) and "prompts_per_hour" in res.get("vlm-rl", {}):
-            res["ratio_shared_prompt_forward"] = \
-                res["vlm-rl"]["prompts_per_hour"] / res["vlm-rl-unshared"]["prompts_per_hour"]
+        for arm, name in (("vlm-rl-unshared", "shared_prompt_forward"), ("vlm-rl-flex", "flex_vs_dense"),
+                          ("vlm-rl-fp8", "fp8_vs_bf16")):  # vlm-rl against itself, one change each
+            base, other = res.get("vlm-rl", {}), res.get(arm, {})
+            if "prompts_per_hour" in base and "prompts_per_hour" in other:
+                ratio = base["prompts_per_hour"] / other["prompts_per_hour"]
+                res[f"ratio_{name}"] = ratio if arm == "vlm-rl-unshared" else 1.0 / ratio
+        if "floor" in res:  # the headline: each arm's step over the floor of the same call
+            for run in res.values():
+                if isinstance(run, dict) and "phase_seconds" in run:
+                    run["floor_ratio"] = run["phase_seconds"]["step"] / res["floor"]["step_floor_s"]
         for pool_key, name in (("vlm-rl-pool", "pool"), ("vlm-rl-pool-async", "pool_async")):
             pool = res.get(pool_key, {})
             for other in ("trl", "vlm-rl", "vlm-rl-pool"):
@@ -195,8 +223,16 @@ def print_table(report: dict) -> None:
         if "ratio_prompts_per_hour" in res:
             print(f"{arch:5} ratio vlm-rl/TRL: prompts/h x{res['ratio_prompts_per_hour']:.2f}, "
                   f"peak memory x{res['ratio_peak_memory']:.2f}")
-        for key in sorted(k for k in res if k.startswith(("ratio_pool", "ratio_shared"))):
+        for key in sorted(k for k in res if k.startswith(("ratio_pool", "ratio_shared", "ratio_flex", "ratio_fp8"))):
             print(f"{arch:5} {key.removesuffix('_prompts_per_hour')}: prompts/h x{res[key]:.2f}")
+        for fw in MODE_KEYS.values():
+            r = res.get(fw, {})
+            if "floor_ratio" in r or "first_step_seconds" in r:
+                parts = [f"{r['floor_ratio']:.2f}x the floor" if "floor_ratio" in r else None,
+                         f"first step {r['first_step_seconds']:.1f}s" if r.get("first_step_seconds") else None,
+                         f"cold {r['first_step_cold_seconds']:.1f}s / warm {r['first_step_warm_seconds']:.1f}s"
+                         if r.get("first_step_cold_seconds") else None]
+                print(f"{arch:5} {fw}: " + ", ".join(p for p in parts if p))
         if "floor" in res:
             f = res["floor"]
             print(f"{arch:5} floor: decode {f['decode_floor_s']:.2f}s + prefill {f['prefill_floor_s']:.2f}s + "

@@ -81,4 +81,6 @@ def summarise(name: str, step_rows: list[dict], args) -> dict:
         "completion_tokens_per_step": tokens, "completion_tokens_per_s": tokens / step,
         "generation_tokens_per_s": tokens / med["generation"] if med.get("generation") else None,
         "peak_memory_gb": _peak_gb(), "per_step": step_rows,
+        # the first step pays compile and CUDA-graph capture (less with a warm VLM_RL_CACHE: --cold-warm)
+        "first_step_seconds": step_rows[0].get("step") if step_rows else None,
     }

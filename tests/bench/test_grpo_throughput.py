@@ -28,6 +28,7 @@ def test_bench_runs_trl_and_vlmrl_isolated_with_equal_work(tmp_path):
         # EOS is suppressed until max tokens on both sides: exactly prompts x generations x new tokens
         assert res[fw]["completion_tokens_per_step"] == 2 * 2 * 8, fw
         assert res[fw]["prompts_per_hour"] > 0
+        assert res[fw]["first_step_seconds"] == res[fw]["per_step"][0]["step"] > 0
     assert res["ratio_prompts_per_hour"] == pytest.approx(
         res["vlm-rl"]["prompts_per_hour"] / res["trl"]["prompts_per_hour"])
 

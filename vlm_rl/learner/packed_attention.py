@@ -85,12 +85,13 @@ _compiled_flex = None
 
 
 def _flex(device_type: str):
-    """FlexAttention compiled once per process on CUDA (uncompiled it materialises every score); on CPU the
-    eager form, which is exact and serves no-grad passes."""
+    """FlexAttention compiled once per process on CUDA (uncompiled it materialises every score); inside a
+    compiled region (``compile_layers``) the plain op, which that compilation fuses; on CPU the eager form,
+    which is exact and serves no-grad passes."""
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
-    if device_type != "cuda":
+    if device_type != "cuda" or torch.compiler.is_dynamo_compiling():
         return flex_attention
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)

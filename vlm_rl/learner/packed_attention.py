@@ -107,12 +107,16 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
                                       **kwargs)
     if dropout:
         raise ValueError("packed_attention: flex takes no attention dropout")
-    import warnings
+    kernel = _flex(query.device.type)
+    kwargs = dict(block_mask=attention_mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+    if query.device.type == "cuda":  # (no context manager here: it would break a compiled layer's graph)
+        out = kernel(query, key, value, **kwargs)
+    else:
+        import warnings
 
-    with warnings.catch_warnings():  # the eager (CPU) form warns that it is unfused, which is what it is for
-        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        out = _flex(query.device.type)(query, key, value, block_mask=attention_mask, scale=scaling,
-                                       enable_gqa=key.shape[1] != query.shape[1])
+        with warnings.catch_warnings():  # the eager (CPU) form warns that it is unfused, which is what it is for
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            out = kernel(query, key, value, **kwargs)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -80,15 +80,18 @@ def _learner(config: GRPOConfig, device: str, labels):
     return PolicyLearner(engine, processor, family, config, labels), engine, processor, family
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_colocated_step_matches_cpu_loss(tiny_model_dir, synthetic_dataset, tmp_path, compiled):
+@pytest.mark.parametrize("compiled,packed_attention", [(False, "dense"), (True, "dense"), (True, "flex")],
+                         ids=["eager", "compiled", "compiled-flex"])
+def test_colocated_step_matches_cpu_loss(tiny_model_dir, synthetic_dataset, tmp_path, compiled, packed_attention):
     """``compiled``: the one-GPU fast path of the recipe (compiled decode step, compiled learner layers). The GPU
-    learner runs each group's prompt once (share_prompt_forward); the CPU reference repeats it per row."""
+    learner runs each group's prompt once (share_prompt_forward; ``packed_attention``: the dense mask or a
+    FlexAttention block mask inside the compiled layers); the CPU reference repeats it per row."""
     labels = None
     base = dict(model_path=str(tiny_model_dir), train_data=str(synthetic_dataset[0]), num_learners=1,
                 lora_r=8, beta=0.1, loss_type="dapo", max_new_tokens=32, max_image_size=128,
                 prompts_per_step=2, num_generations=4, rollout_mode="colocated", output_dir=str(tmp_path))
-    gpu_cfg = GRPOConfig(**base, use_gpu=True, bf16=True, compile_layers=compiled, compile_decode=compiled)
+    gpu_cfg = GRPOConfig(**base, use_gpu=True, bf16=True, compile_layers=compiled, compile_decode=compiled,
+                         packed_attention=packed_attention)
     cpu_cfg = GRPOConfig(**base, share_prompt_forward=False)  # the GPU runs each prompt once; the CPU per row
     items = _prompts(synthetic_dataset, 2)
 

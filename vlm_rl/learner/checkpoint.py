@@ -73,13 +73,51 @@ def _safe_globals() -> list:
         allowed.append(fragment_address)
     except ImportError:
         pass
+    allowed.extend(_checkpoint_enums())
+    # an enum member pickled by name, getattr(EnumClass, "name"): resolved for the enums above only
+    allowed.append((_enum_member, "builtins.getattr"))
+    return allowed
+
+
+def _checkpoint_enums() -> tuple[type, ...]:
     try:
         from deepspeed.runtime.zero.config import ZeroStageEnum
-
-        allowed.append(ZeroStageEnum)
     except ImportError:
-        pass
-    return allowed
+        return ()
+    return (ZeroStageEnum,)
+
+
+def _enum_member(owner, name: str):
+    """What ``weights_only`` loading accepts for ``GLOBAL builtins.getattr``: a member of one of ``_ENUMS``, never
+    an attribute of anything else. A Ray worker process once pickled ``ZeroStageEnum.gradients`` that way instead
+    of by value (``getattr(ZeroStageEnum, 'gradients')``, what ``enum.pickle_by_enum_name`` writes), and the
+    resumed learner could not load its own checkpoint (the fault test in a clean-clone CI run)."""
+    import pickle
+
+    if owner in _checkpoint_enums() and isinstance(name, str) and name in owner.__members__:
+        return owner[name]
+    raise pickle.UnpicklingError(f"getattr({owner!r}, {name!r}) in a checkpoint: only members of "
+                                 f"{[e.__name__ for e in _checkpoint_enums()]} are loaded")
+
+
+class _ByValuePickle:
+    """``torch.save``'s ``pickle_module``: the standard pickler, except that an enum member is always written by
+    value, ``EnumClass(value)``, whatever ``__reduce_ex__`` its class has in this process."""
+
+    __name__ = "pickle"
+
+    def __init__(self):
+        import enum
+        import pickle
+
+        class Pickler(pickle.Pickler):
+            def reducer_override(self, obj):
+                if isinstance(obj, enum.Enum) and not isinstance(obj, type):
+                    return type(obj), (obj._value_,)
+                return NotImplemented
+
+        self.Pickler = Pickler
+        self.dump = pickle.dump
 
 
 @functools.cache
@@ -87,11 +125,16 @@ def _safe_engine_class() -> type:
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
     class SafeCheckpointEngine(TorchCheckpointEngine):
-        """DeepSpeed's torch checkpoint engine, but loading with ``weights_only=True``."""
+        """DeepSpeed's torch checkpoint engine, but loading with ``weights_only=True`` and writing enum members
+        by value (what that loading accepts)."""
 
         def __init__(self):
             super().__init__(None)
             self.zipfile_serialization = True
+
+        def save(self, state_dict, path: str):
+            torch.save(state_dict, path, pickle_module=_ByValuePickle(),
+                       _use_new_zipfile_serialization=self.zipfile_serialization)
 
         def load(self, path: str, map_location=None):
             with torch.serialization.safe_globals(_safe_globals()):

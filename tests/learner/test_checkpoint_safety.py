@@ -294,8 +294,8 @@ def test_rng_state_round_trip():
 
 
 def test_enum_members_are_written_by_value_and_a_by_name_file_still_loads(tmp_path, monkeypatch):
-    """A Ray worker once pickled DeepSpeed's ZeroStageEnum by name (``getattr(ZeroStageEnum, 'gradients')``) and
-    the resumed learner could not load its own checkpoint under ``weights_only``. The engine now writes enum
+    """Python 3.11.2 pickles DeepSpeed's ZeroStageEnum by name (``getattr(ZeroStageEnum, 'gradients')``), and a
+    learner resumed after a fault could not load its own checkpoint under ``weights_only``. The engine now writes enum
     members by value whatever their class's ``__reduce_ex__``; a by-name file loads, and ``getattr`` on anything
     but those enums is refused."""
     import collections
@@ -306,7 +306,7 @@ def test_enum_members_are_written_by_value_and_a_by_name_file_still_loads(tmp_pa
 
     engine = ckpt.SafeCheckpointEngine()
     state = {"zero_stage": ZeroStageEnum.gradients, "step": torch.tensor(3)}
-    def by_name(member, protocol):  # what that worker wrote (enum.pickle_by_enum_name in newer Pythons)
+    def by_name(member, protocol):  # what Python 3.11.2 writes (a no-op there)
         return getattr, (type(member), member._name_)
 
     monkeypatch.setattr(ZeroStageEnum, "__reduce_ex__", by_name)

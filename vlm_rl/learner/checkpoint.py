@@ -88,10 +88,10 @@ def _checkpoint_enums() -> tuple[type, ...]:
 
 
 def _enum_member(owner, name: str):
-    """What ``weights_only`` loading accepts for ``GLOBAL builtins.getattr``: a member of one of ``_ENUMS``, never
-    an attribute of anything else. A Ray worker process once pickled ``ZeroStageEnum.gradients`` that way instead
-    of by value (``getattr(ZeroStageEnum, 'gradients')``, what ``enum.pickle_by_enum_name`` writes), and the
-    resumed learner could not load its own checkpoint (the fault test in a clean-clone CI run)."""
+    """What ``weights_only`` loading accepts for ``GLOBAL builtins.getattr``: a member of one of
+    ``_checkpoint_enums``, never an attribute of anything else. Python 3.11.2 pickles ``ZeroStageEnum.gradients``
+    that way, ``getattr(ZeroStageEnum, 'gradients')`` (3.11.7 by value), so a learner restarted after a fault
+    could not load its own checkpoint (the fault test in a clean-clone CI run)."""
     import pickle
 
     if owner in _checkpoint_enums() and isinstance(name, str) and name in owner.__members__:

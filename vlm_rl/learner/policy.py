@@ -75,15 +75,15 @@ def image_features(model, batch: dict):
 
 
 def completion_logprobs(model, batch: dict, temperature: float = 1.0, share_prompts: bool = False,
-                        packed_attention: str = "auto") -> torch.Tensor:
+                        packed_attention: str = "dense") -> torch.Tensor:
     """Log-probs of the completion tokens, [N, C].
 
     Runs the decoder for hidden states and turns only the completion span into log-probs chunk by chunk
     (``chunked_token_logprobs``), so no [N, C, vocab] logits tensor exists in either pass. Falls back to
     sliced logits when the lm_head weight is sharded (ZeRO-3) or the model has no separate lm_head.
     ``share_prompts``: rows that share a prompt run it once (``learner/shared_prompt.py``); same values.
-    ``packed_attention``: the packed row's mask, "dense", "flex" (a FlexAttention block mask) or "auto" (flex on
-    CUDA; ``learner/packed_attention.py``).
+    ``packed_attention``: the packed row's mask, "dense" (the config's default), "flex" (a FlexAttention block
+    mask) or "auto" (flex on CUDA; ``learner/packed_attention.py``).
     """
     completion_ids = batch["input_ids"][:, batch["prompt_length"] :]
     width = completion_ids.shape[1]

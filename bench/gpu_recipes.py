@@ -45,6 +45,7 @@ class Run:
     fault_step: int = 3
     flags: list[str] = field(default_factory=list)  # entry-point flags before the overrides (the sweep's)
     label: str = ""
+    min_seconds: int = 150  # left in the call below which the run is skipped rather than cut short
 
     @property
     def name(self) -> str:
@@ -76,18 +77,21 @@ MATRIX = [  # the issue's failing cases first (ZeRO-3 hang + weight sync), then 
         GRPO_SIZE + SHARED_GPU + FULL_WEIGHTS_DISK + ["max_image_size=448"],
         note="Qwen2.5-VL-3B architecture cut to 16 of its 36 decoder layers (2.2 B): a 7B full fine-tune "
              "with Adam does not fit one GPU"),
-    Run("grpo-qwen3vl-8b-1n2g-lora-async.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + SHARED_GPU),
-    Run("grpo-qwen3vl-8b-1n1g-colocated.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + ["gpus_per_learner=1"]),
+    Run("grpo-qwen3vl-8b-1n2g-lora-async.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + SHARED_GPU, min_seconds=240),
+    Run("grpo-qwen3vl-8b-1n1g-colocated.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + ["gpus_per_learner=1"],
+        min_seconds=240),
 ]
 #: Faults: a learner worker, and separately the rollout actor, SIGKILLed after step 3 of 6 (a checkpoint every 2
 #: steps), in the ZeRO-3 run (a 2B-family model cut to 8 decoder layers, so two full-weight checkpoints fit a 64 GB
 #: disk) and in the asynchronous LoRA run. Each must resume from its last checkpoint by itself and finish.
 FAULT_SIZE = ["num_steps=6", "save_every_samples=16", "keep_checkpoints=1", "eval_steps=0", "log_images_every=0"]
 FAULTS = [
-    Run("grpo-qwen3vl-8b-1n8g-zero3.yaml", "grpo", "qwen3-vl-2b-8l", GRPO_SIZE + SHARED_GPU + FAULT_SIZE, fault=kind)
+    Run("grpo-qwen3vl-8b-1n8g-zero3.yaml", "grpo", "qwen3-vl-2b-8l", GRPO_SIZE + SHARED_GPU + FAULT_SIZE, fault=kind,
+        min_seconds=240)
     for kind in ("learner", "actor")
 ] + [
-    Run("grpo-qwen3vl-8b-1n2g-lora-async.yaml", "grpo", "qwen3-vl-2b", GRPO_SIZE + SHARED_GPU + FAULT_SIZE, fault=kind)
+    Run("grpo-qwen3vl-8b-1n2g-lora-async.yaml", "grpo", "qwen3-vl-2b", GRPO_SIZE + SHARED_GPU + FAULT_SIZE, fault=kind,
+        min_seconds=240)
     for kind in ("learner", "actor")
 ]
 #: The sweep as tuning/ documents it, as a job: 4 trials of the 2B LoRA recipe, two at a time on the one GPU
@@ -97,7 +101,7 @@ SWEEP_SIZE = ["num_steps=4", "prompts_per_step=8", "max_new_tokens=128", "eval_s
               "cpus_per_learner=2", "num_learners=1", "num_rollout_workers=1"]
 SWEEPS = [
     Run("grpo-qwen3vl-2b-1n1g-lora.yaml", "sweep", "qwen3-vl-2b",
-        SWEEP_SIZE + ["gpus_per_learner=0.25", "rollout_gpus=0.25"], label="sweep-4x2",
+        SWEEP_SIZE + ["gpus_per_learner=0.25", "rollout_gpus=0.25"], label="sweep-4x2", min_seconds=300,
         flags=["--space", "default", "--num-samples", "4", "--max-concurrent", "2", "--stop-on", "val_map50"]),
     Run("grpo-qwen3vl-2b-1n1g-lora.yaml", "sweep", "qwen3-vl-2b",
         SWEEP_SIZE + ["gpus_per_learner=0.5", "rollout_gpus=0.5"], label="sweep-1x1",
@@ -378,14 +382,20 @@ def run_matrix(args) -> list[dict]:
     env = start_cluster(work / "cluster", gpus=0 if args.cpu else 1, cpus=args.cpus, own_ports=args.cpu)
     try:
         client = job_client(env)
-        runs = FAULTS if args.faults else SWEEPS if args.sweeps else MATRIX
+        sets = {"matrix": MATRIX, "faults": FAULTS, "sweeps": SWEEPS}
+        runs = [run for name in args.sets for run in sets[name]]
         chosen = [r for r in runs if not args.recipes or any(n in r.recipe for n in args.recipes)]
+        done = {r.get("name", r["recipe"]) for r in results if r.get("ok")} if args.skip_ok else set()
         for run in chosen:
-            left = args.deadline - (time.time() - STARTED)
-            if left < 150:
-                print(f"skipping {run.recipe}: {left:.0f} s left in this call", flush=True)
+            if run.name in done:
+                print(f"skipping {run.name}: already SUCCEEDED in {out_path}", flush=True)
                 continue
-            args.job_timeout = min(args.job_timeout, left - 30)
+            left = args.deadline - (time.time() - STARTED)
+            if left < run.min_seconds:
+                print(f"skipping {run.name}: {left:.0f} s left in this call, it needs ~{run.min_seconds} s",
+                      flush=True)
+                continue
+            args.cut_at = time.time() + left - 30  # the call's own end, not a hang
             results = [r for r in results if r.get("name", r["recipe"]) != run.name] + [one_job(run, args, work, env, client)]
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out_path.write_text(json.dumps(results, indent=2, default=str))
@@ -430,7 +440,9 @@ def one_job(run: Run, args, work: Path, env: dict, client) -> dict:
         job_id = submit(env, run.entry, ["--config", config, *flags, *overrides])
         memory = GpuMemory() if not args.cpu else None
         fault = Fault(run.fault, run.fault_step, output_dir, env["VLMRL_RAY_ADDRESS"]) if run.fault else None
-        status, waited = wait_job(client, job_id, args.job_timeout, work / f"{name}.log", on_poll=fault)
+        timeout = min(args.job_timeout, args.cut_at - time.time()) if getattr(args, "cut_at", None) else \
+            args.job_timeout
+        status, waited = wait_job(client, job_id, timeout, work / f"{name}.log", on_poll=fault)
         if fault:
             entry.update(fault_result(fault, output_dir))
         if memory:
@@ -439,7 +451,11 @@ def one_job(run: Run, args, work: Path, env: dict, client) -> dict:
             entry.update(sweep_result(output_dir, (work / f"{name}.log").read_text(), env, waited))
         log = (work / f"{name}.log").read_text()
         entry.update(job_id=job_id, status=status)
-        if status not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if status not in ("SUCCEEDED", "FAILED", "STOPPED") and timeout < args.job_timeout:
+            entry["error"] = f"cut short: still {status} when this call's deadline came ({waited:.0f} s, not a hang)"
+            entry["cut_short"] = True
+            client.stop_job(job_id)
+        elif status not in ("SUCCEEDED", "FAILED", "STOPPED"):
             entry["error"] = f"hung: still {status} after {args.job_timeout:.0f} s"
             entry["driver_stack"] = driver_stack(client, job_id)
             client.stop_job(job_id)
@@ -566,8 +582,12 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=1e9, help="seconds this call may take: later recipes "
                         "are skipped rather than cut off (the lent GPU machine runs 10-minute commands)")
     parser.add_argument("--cpu", action="store_true", help="dry run: tiny model, CPU only")
-    parser.add_argument("--faults", action="store_true", help="the fault runs (FAULTS) instead of the matrix")
-    parser.add_argument("--sweeps", action="store_true", help="the Tune sweeps (SWEEPS) instead of the matrix")
+    parser.add_argument("--sets", nargs="+", choices=["matrix", "faults", "sweeps"], default=["matrix"],
+                        help="which runs, in this order: the recipe matrix, the fault runs, the Tune sweeps")
+    parser.add_argument("--faults", dest="sets", action="store_const", const=["faults"], help="= --sets faults")
+    parser.add_argument("--sweeps", dest="sets", action="store_const", const=["sweeps"], help="= --sets sweeps")
+    parser.add_argument("--skip-ok", action="store_true", help="with --append: skip runs already SUCCEEDED in "
+                        "--out (a later call of the lent machine goes on where the last stopped)")
     parser.add_argument("--no-cleanup", dest="cleanup", action="store_false")
     args = parser.parse_args()
     results = run_matrix(args)

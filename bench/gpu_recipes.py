@@ -571,6 +571,27 @@ def cleanup(run: Run, work: Path) -> None:
         shutil.rmtree(work / "models" / "qwen3-vl-8b", ignore_errors=True)
 
 
+def markdown_table(results: list[dict]) -> str:
+    """The docs' table of one results file (docs/PERFORMANCE.md, issue 23)."""
+    def num(value, fmt="{:.2f}"):
+        return fmt.format(value) if isinstance(value, (int, float)) else "-"
+
+    lines = ["| run | ok (exit) | job wall s | s/step (first) | learner / actor peak GB | weight sync s "
+             "(export + stage, send) | checkpoint GB, s | MLflow | error |", "|" + " --- |" * 9]
+    for r in results:
+        sync = f"{num(r.get('weight_sync_s'))} ({num(r.get('weight_sync_export_s'))} + " \
+               f"{num(r.get('weight_sync_stage_s'))}, {num(r.get('weight_sync_send_s'))})"
+        mlflow = f"{r.get('mlflow_status', '-')}, {r.get('pictures', 0)} pictures"
+        error = (r.get("error") or "").strip().splitlines()[:1]
+        lines.append(
+            f"| `{r.get('name', r['recipe'])}` | {r['ok']} ({r.get('exit')}) | {num(r.get('wall_s'), '{:.0f}')} | "
+            f"{num(r.get('s_per_step'))} ({num(r.get('first_step_s'), '{:.0f}')}) | "
+            f"{num(r.get('learner_peak_gb'), '{:.1f}')} / {num(r.get('actor_peak_gb'), '{:.1f}')} | {sync} | "
+            f"{num(r.get('checkpoint_gb'), '{:.1f}')}, {num(r.get('checkpoint_s'), '{:.1f}')} | {mlflow} | "
+            f"{error[0][:120] if error else ''} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="*", help="substrings of recipe file names (default: all)")
@@ -589,7 +610,11 @@ def main() -> int:
     parser.add_argument("--skip-ok", action="store_true", help="with --append: skip runs already SUCCEEDED in "
                         "--out (a later call of the lent machine goes on where the last stopped)")
     parser.add_argument("--no-cleanup", dest="cleanup", action="store_false")
+    parser.add_argument("--table", action="store_true", help="print --out as the docs' markdown table and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(Path(args.out).read_text())))
+        return 0
     results = run_matrix(args)
     bad = [r["recipe"] for r in results if not r["ok"]]
     print(f"{len(results) - len(bad)}/{len(results)} recipes SUCCEEDED" + (f"; not: {bad}" if bad else ""))

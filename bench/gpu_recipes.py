@@ -555,7 +555,8 @@ def dpo_pairs(work: Path, env: dict) -> str | None:
         return None
     out = work / "dpo-pairs.jsonl"
     subprocess.run([sys.executable, "-m", "vlm_rl.cli", "dpo-data", "--rollouts", str(rollouts), "--output", str(out)],
-                   cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, check=False)
+                   cwd=REPO, env={**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))},
+                   check=False)
     if out.is_file() and out.read_text().strip():
         return str(out)
     return None

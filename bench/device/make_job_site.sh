@@ -37,6 +37,12 @@ for f in "$work"/extra/*.whl; do
 done
 # shellcheck disable=SC2086
 python3 -m pip install -q --no-deps --no-compile $plat --target "$work/gpu_site" .whl_gpu/*.whl "${extra[@]}"
+# The trimmed Ray wheel has no dashboard front-end (ray/dashboard/client/), and Ray 2.60's dashboard refuses to
+# start its HTTP server, the Jobs API included, without client/build (FrontendNotFoundError, seen on the lent
+# H100 2026-12-07): a one-page stand-in keeps `ray job submit` working; the Ray web UI is not carried.
+mkdir -p "$work/gpu_site/ray/dashboard/client/build/static"
+echo '<html><body>Ray dashboard front-end not carried (bench/device/make_job_site.sh)</body></html>' \
+  > "$work/gpu_site/ray/dashboard/client/build/index.html"
 for f in "$work"/gpu_site/bin/*; do  # pip wrote this machine's interpreter into the scripts
   if head -c2 "$f" | grep -q '#!'; then sed -i '1s|^#!.*python.*|#!/usr/bin/env python3|' "$f"; fi
 done

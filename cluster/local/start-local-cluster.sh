@@ -112,9 +112,14 @@ PY
 then
   echo "error: Ray's dashboard (the Jobs API 'ray job submit' uses) did not answer on 127.0.0.1:$DASHBOARD_PORT" \
     "within 60 s. Its log:" >&2
-  tail -n 15 "$RAY_TMP"/session_latest/logs/dashboard.err "$RAY_TMP"/session_latest/logs/dashboard.log 2>/dev/null >&2 || true
+  # the newest session's dashboard logs, wherever Ray put its session folder
+  for log in $(find "$RAY_TMP" -path '*/logs/dashboard.err' -o -path '*/logs/dashboard.log' 2>/dev/null | sort | tail -n 2); do
+    echo "== $log" >&2
+    tail -n 15 "$log" >&2 || true
+  done
   echo "A missing module above usually means Ray without its dashboard extras: pip install 'ray[default]'" \
-    "(pip install -e . installs them)." >&2
+    "(pip install -e . installs them). FrontendNotFoundError means a Ray install stripped of" \
+    "ray/dashboard/client/build, which the dashboard needs to serve the Jobs API." >&2
   bash "$(dirname "$0")/stop-local-cluster.sh" >/dev/null 2>&1 || true
   exit 1
 fi

@@ -15,6 +15,7 @@ from vlm_rl.tracking.estimator import (
     image_tokens,
     model_spec,
 )
+from vlm_rl.tracking.model_specs import trainable_params
 
 BASE = dict(model_path="Qwen/Qwen3-VL-2B-Instruct", max_image_size=512, num_generations=4, prompts_per_step=8,
             max_new_tokens=256, lora_r=64, num_learners=1)
@@ -53,6 +54,15 @@ def test_model_spec_from_config_json_counts_meta_parameters(tmp_path):
     assert spec.image_factor == 32
     # 1000x64 tied embeddings + 2 decoder layers + a 2-layer vision tower: between 0.1 M and 1 M
     assert 1e5 < spec.params < 1e6
+    # the vision tower, frozen under full fine-tuning, counted apart: what the learner would train is the rest
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    frozen = sum(p.numel() for n, p in model.named_parameters() if n.startswith("model.visual."))
+    assert spec.vision_params == frozen > 0
+    assert trainable_params(spec, lora_r=0) == spec.params - frozen
 
 
 def test_image_tokens():

@@ -1,7 +1,7 @@
 """Does a run's checkpointing fit the disk at ``output_dir``? Checked before Ray starts and before each checkpoint.
 
-A full-fine-tuning checkpoint with Adam state is ~14 bytes per trainable parameter (~30 GB at 2B, ~120 GB at
-8B); ``keep_checkpoints`` of them stay on disk, and while the next one is written the old ones are still
+A full-fine-tuning checkpoint with Adam state is ~14 bytes per trainable parameter (the vision tower is frozen:
+~25 GB at 2B, ~120 GB at 8B); ``keep_checkpoints`` of them stay on disk, and while the next one is written the old ones are still
 there. A disk that fills mid-write surfaces as ``basic_ios::clear: iostream error`` from ``torch.save``
 (issue 23), so the run compares what it will write with what is free first, and a write that fails anyway
 is re-raised with the same numbers.
@@ -12,7 +12,10 @@ What one checkpoint holds (``checkpoint_size``), per trainable parameter T and a
   moments (8);
 * the module's weights in DeepSpeed's model file: T x 2 (bf16) or 4 (fp32); frozen weights are not saved
   (``exclude_frozen_parameters``: a LoRA checkpoint holds the adapter, not the base model, except a tied
-  ``lm_head``, vocab x hidden, which DeepSpeed keeps under its second name);
+  ``lm_head``, vocab x hidden, which DeepSpeed keeps under its second name). Under ZeRO-3 full fine-tuning
+  the trainable weights live only in the optimizer's partition and the file holds the frozen vision tower,
+  (P - T) x 2: measured on a lent H100, 24.9 GB for Qwen3-VL-2B (T = 1.72 B, P = 2.13 B) and 23.0 GB for a
+  2.2 B Qwen2.5-VL, each within 0.1 % of this sum;
 * the exported trainable weights (``model.safetensors`` / ``adapter_model.safetensors``): T x 2 or 4;
 * the KL reference (full fine-tuning, beta > 0, after an SFT warm-up): P x 2 or 4, written once and
   hard-linked into every later checkpoint, so counted once for the run.
@@ -77,14 +80,19 @@ def saves_reference(config: BaseConfig) -> bool:
 
 def checkpoint_size(config: BaseConfig, spec=None) -> CheckpointSize:
     """Estimated bytes of one checkpoint of this run (parameters counted from the model's config.json)."""
-    from vlm_rl.tracking.model_specs import lora_params, model_spec
+    from vlm_rl.tracking.model_specs import model_spec, trainable_params
 
     spec = spec or model_spec(config.model_path)
     params = float(spec.params)
-    trainable = lora_params(spec, config.lora_r) if config.lora_r > 0 else params
+    trainable = trainable_params(spec, config.lora_r)
     weight = 2 if config.bf16 else 4
     optimizer = 4 + 8  # ZeRO's fp32 partition of the weights (the master copy under bf16) + Adam m and v
-    state = trainable * (weight + optimizer)
+    if config.lora_r == 0 and config.zero_stage == 3:
+        # ZeRO-3's module file: the frozen vision tower, its trainable weights living in the optimizer's partition
+        # (measured: 12 T + 2 (P - T) + the 2 T export, within 0.1 % at 2B)
+        state = trainable * optimizer + (params - trainable) * weight
+    else:
+        state = trainable * (weight + optimizer)
     if config.lora_r > 0:  # DeepSpeed keeps a tied lm_head in the module file (its name is no parameter's)
         state += float(spec.vocab) * spec.hidden * weight
     export = trainable * weight

@@ -36,8 +36,10 @@ def build_policy(config: BaseConfig, device: str = "cpu"):
             model.enable_input_require_grads()
         model = get_peft_model(model, lora_config(config.lora_r, config.effective_lora_alpha, config.lora_dropout))
     else:
+        from vlm_rl.models.families import is_vision_parameter
+
         for name, param in model.named_parameters():
-            if ".visual." in f".{name}" or name.startswith("visual.") or "model.visual" in name:
+            if is_vision_parameter(name):
                 param.requires_grad_(False)
     return model, load_processor(path), family
 

@@ -17,6 +17,11 @@ _FAMILY_OF_MODEL_TYPE = {"qwen3_vl": "qwen3_vl", "qwen2_5_vl": "qwen2_5_vl", "qw
 _IMAGE_FACTOR = {"qwen3_vl": 32, "qwen2_5_vl": 28, "qwen2_vl": 28}
 
 
+def is_vision_parameter(name: str) -> bool:
+    """A vision-tower parameter (``visual.*`` / ``model.visual.*``): frozen under full fine-tuning, so neither
+    the optimizer nor a checkpoint's trainable part holds it (the checkpoint size estimate counts it the same way)."""
+    return ".visual." in f".{name}" or name.startswith("visual.") or "model.visual" in name
+
 
 def _config_dict(config_or_path: Any) -> dict:
     if isinstance(config_or_path, dict):

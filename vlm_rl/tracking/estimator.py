@@ -47,8 +47,8 @@ from vlm_rl.tracking.model_specs import (
     SMALLER,
     ModelSpec,
     known_key,
-    lora_params,
     model_spec,
+    trainable_params,
 )
 
 # ----------------------------------------------------------------------------- documented constants
@@ -185,7 +185,7 @@ def _cpu_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[dict
         train_flops += forward  # the reference forward, once per batch
     train_rate = hw.peak_tflops * 1e12 * CPU_TRAIN_MFU
     training = train_flops / (learner_parallel * train_rate) + passes * minis * CPU_TRAIN_STEP_OVERHEAD_S
-    trainable = lora_params(spec, config.lora_r) if config.lora_r > 0 else n
+    trainable = trainable_params(spec, config.lora_r)
     sync = 0.0 if colocated else workers * (
         CPU_SYNC_LATENCY_S + trainable * CPU_BYTES_PER_PARAM / (SYNC_BANDWIDTH_GBPS * 1e9))
     phases = {"generation": generation, "training": training, "sync": sync}
@@ -270,7 +270,7 @@ def _model_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[di
     training = train_flops / (config.num_learners * peak * mfu)
     if config.zero_stage == 3 and config.num_learners > 1:
         training *= ZERO3_COMM_OVERHEAD
-    trainable = lora_params(spec, config.lora_r) if config.lora_r > 0 else n
+    trainable = trainable_params(spec, config.lora_r)
     sync = 0.0 if colocated else workers * (  # colocated: generation reads the learner's own tensors
         SYNC_LATENCY_S + trainable * BYTES_PER_PARAM / (SYNC_BANDWIDTH_GBPS * 1e9)
     )

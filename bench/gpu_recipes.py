@@ -386,7 +386,7 @@ def run_matrix(args) -> list[dict]:
         runs = [run for name in args.sets for run in sets[name]]
         chosen = [r for r in runs if not args.recipes or any(n in r.recipe for n in args.recipes)]
         done = {r.get("name", r["recipe"]) for r in results if r.get("ok")} if args.skip_ok else set()
-        for run in chosen:
+        for index, run in enumerate(chosen):
             if run.name in done:
                 print(f"skipping {run.name}: already SUCCEEDED in {out_path}", flush=True)
                 continue
@@ -400,7 +400,7 @@ def run_matrix(args) -> list[dict]:
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out_path.write_text(json.dumps(results, indent=2, default=str))
             if args.cleanup:
-                cleanup(run, work)
+                cleanup(run, work, later=chosen[index + 1:])
     finally:
         stop_cluster(env)
     return results
@@ -562,14 +562,20 @@ def dpo_pairs(work: Path, env: dict) -> str | None:
     return None
 
 
-def cleanup(run: Run, work: Path) -> None:
-    """Full-weight checkpoints are tens of GB: drop them once measured (the SFT export feeds DPO, kept)."""
+def cleanup(run: Run, work: Path, later: list[Run]) -> None:
+    """Full-weight checkpoints are tens of GB and the disk 64 GB: once measured, drop the run's checkpoints, its
+    merged ``final/`` export unless a later run starts from it (SFT's feeds DPO), and its model folder unless a
+    later run uses the same architecture (on 2026-12-07 the exports and the 2B model left too little for the next
+    ZeRO-3 run, which the disk check refused)."""
     output_dir = work / "runs" / run.name
     for ckpt in output_dir.glob("checkpoint-samples-*"):
         shutil.rmtree(ckpt, ignore_errors=True)
-    later_8b = run in MATRIX and any(r.arch == "qwen3-vl-8b" for r in MATRIX[MATRIX.index(run) + 1:])
-    if run.arch == "qwen3-vl-8b" and not later_8b:
-        shutil.rmtree(work / "models" / "qwen3-vl-8b", ignore_errors=True)
+    if not (run.entry == "sft" and any(r.entry == "dpo" for r in later)):
+        shutil.rmtree(output_dir / "final", ignore_errors=True)
+    if run.entry == "dpo":
+        shutil.rmtree(work / "runs" / "sft-qwen3vl-2b-lora" / "final", ignore_errors=True)
+    if run.arch != "tiny" and not any(r.arch == run.arch for r in later):
+        shutil.rmtree(work / "models" / run.arch, ignore_errors=True)
 
 
 def markdown_table(results: list[dict]) -> str:

@@ -584,7 +584,7 @@ def markdown_table(results: list[dict]) -> str:
         return fmt.format(value) if isinstance(value, (int, float)) else "-"
 
     lines = ["| run | ok (exit) | job wall s | s/step (first) | learner / actor peak GB | weight sync s "
-             "(export + stage, send) | checkpoint GB, s | MLflow | error |", "|" + " --- |" * 9]
+             "(export + stage, send) | checkpoint GB, s | MLflow | fault / sweep | error |", "|" + " --- |" * 10]
     for r in results:
         sync = f"{num(r.get('weight_sync_s'))} ({num(r.get('weight_sync_export_s'))} + " \
                f"{num(r.get('weight_sync_stage_s'))}, {num(r.get('weight_sync_send_s'))})"
@@ -595,8 +595,22 @@ def markdown_table(results: list[dict]) -> str:
             f"{num(r.get('s_per_step'))} ({num(r.get('first_step_s'), '{:.0f}')}) | "
             f"{num(r.get('learner_peak_gb'), '{:.1f}')} / {num(r.get('actor_peak_gb'), '{:.1f}')} | {sync} | "
             f"{num(r.get('checkpoint_gb'), '{:.1f}')}, {num(r.get('checkpoint_s'), '{:.1f}')} | {mlflow} | "
-            f"{error[0][:120] if error else ''} |")
+            f"{_fault_or_sweep(r)} | {error[0][:120] if error else ''} |")
     return "\n".join(lines)
+
+
+def _fault_or_sweep(r: dict) -> str:
+    """The table's cell for a fault run (what was killed, the steps as logged, one history row per step, seconds
+    from the kill to the end) or a sweep (trials, their outcome, trials/hour, the MLflow parent)."""
+    if r.get("fault"):
+        return (f"{r['fault']}; steps {r.get('steps_logged_in_order')}; one history row per step: "
+                f"{r.get('history_one_row_per_step')}; ended {r.get('recovered_s') or 0:.0f} s after the kill")
+    if r.get("trials") is not None:
+        statuses = [t.get("status") for t in r["trials"]]
+        return (f"{len(statuses)} trials ({', '.join(map(str, statuses))}), "
+                f"{r.get('trials_per_hour') or 0:.1f} trials/h, parent {r.get('parent_status')} with "
+                f"{len(r.get('child_runs') or [])} children")
+    return ""
 
 
 def main() -> int:

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 from vlm_rl.config import BaseConfig
+from vlm_rl.learner import zero3_gather
 
 
 def deepspeed_config(config: BaseConfig, micro_batch: int, accumulation: int, world_size: int) -> dict:
@@ -103,7 +104,9 @@ def export_trainable_weights(engine, lora: bool, zero_stage: int, bucket_bytes: 
 
     Under ZeRO-3 parameters are sharded, so every rank takes part in the gather; it goes bucket by bucket
     (``bucket_bytes`` of full-size parameters at a time, a single parameter if larger), so no rank ever
-    holds more than one bucket of gathered weights besides rank 0's copy.
+    holds more than one bucket of gathered weights besides rank 0's copy. A packed export gathers the shards
+    themselves, one collective per bucket (``zero3_gather``), rather than through DeepSpeed's per-parameter
+    ``GatheredParameters``.
 
     ``include_frozen`` (full weights, for a checkpoint): every parameter, the frozen vision tower too, so the
     checkpoint's ``model.safetensors`` is a whole model.
@@ -120,6 +123,15 @@ def export_trainable_weights(engine, lora: bool, zero_stage: int, bucket_bytes: 
 
         state = empty_packed([(n, p.dtype, tuple(getattr(p, "ds_shape", p.shape))) for n, p in named], device)
     on_gpu = torch.device(device).type == "cuda"
+    if packed and not lora and zero_stage == 3 and zero3_gather.shards_on_hand([p for _, p in named]):
+        from deepspeed.accelerator import get_accelerator
+
+        comm_device = torch.device(get_accelerator().current_device_name())
+        for bucket in _buckets(named, bucket_bytes):
+            zero3_gather.gather_bucket_into(bucket, state if into_buffer else None, comm_device)
+        if comm_device.type == "cuda":
+            torch.cuda.current_stream().synchronize()
+        return state if rank == 0 else None
     for bucket in _buckets(named, bucket_bytes if zero_stage == 3 else None):
         with deepspeed.zero.GatheredParameters([p for _, p in bucket], enabled=zero_stage == 3):
             if into_buffer:

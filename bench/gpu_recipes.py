@@ -49,16 +49,26 @@ class Run:
     arch: str  # random-weight architecture (see build_model)
     overrides: list[str] = field(default_factory=list)
     note: str = ""
-    fault: str = ""  # "learner" / "actor": SIGKILL that process once ``fault_step`` is logged and checkpointed
-    fault_step: int = 3
+    fault: str = ""  # "learner" / "actor": SIGKILL that process once ``fault_step`` is logged and checkpointed;
+    fault_step: int = 3  # "actor@2,learner@4": one kill after another in the same run
     flags: list[str] = field(default_factory=list)  # entry-point flags before the overrides (the sweep's)
     label: str = ""
     min_seconds: int = 150  # left in the call below which the run is skipped rather than cut short
 
     @property
     def name(self) -> str:
-        return self.recipe.removesuffix(".yaml") + (f"-kill-{self.fault}" if self.fault else "") + \
+        kills = "-then-".join(kind for kind, _ in self.kills)
+        return self.recipe.removesuffix(".yaml") + (f"-kill-{kills}" if kills else "") + \
             (f"-{self.label}" if self.label else "")
+
+    @property
+    def kills(self) -> list[tuple[str, int]]:
+        """(process kind, after which step) for each fault, in order."""
+        out = []
+        for part in filter(None, self.fault.split(",")):
+            kind, _, step = part.partition("@")
+            out.append((kind, int(step) if step else self.fault_step))
+        return out
 
 
 #: Every GRPO run: a few steps, evaluation every 2, pictures every 2, a checkpoint every 2 steps (16 samples).
@@ -89,17 +99,22 @@ MATRIX = [  # the issue's failing cases first (ZeRO-3 hang + weight sync), then 
     Run("grpo-qwen3vl-8b-1n1g-colocated.yaml", "grpo", "qwen3-vl-8b", GRPO_SIZE + ["gpus_per_learner=1"],
         min_seconds=240),
 ]
-#: Faults: a learner worker, and separately the rollout actor, SIGKILLed after step 3 of 6 (a checkpoint every 2
-#: steps), in the ZeRO-3 run (a 2B-family model cut to 8 decoder layers, so two full-weight checkpoints fit a 64 GB
-#: disk) and in the asynchronous LoRA run. Each must resume from its last checkpoint by itself and finish.
+#: Faults, in the ZeRO-3 run (a 2B-family model cut to 8 decoder layers, so two full-weight checkpoints fit a
+#: 64 GB disk) and in the asynchronous LoRA run, 6 steps with a checkpoint every 2: the rollout actor SIGKILLed
+#: after step 2, then a learner worker after step 4, one run each (one cluster start and model load for both
+#: faults: the two runs fit one 10-minute call). Each must resume by itself and finish with every step once.
 FAULT_SIZE = ["num_steps=6", "save_every_samples=16", "keep_checkpoints=1", "eval_steps=0", "log_images_every=0"]
 FAULTS = [
-    Run("grpo-qwen3vl-8b-1n8g-zero3.yaml", "grpo", "qwen3-vl-2b-8l", GRPO_SIZE + SHARED_GPU + FAULT_SIZE, fault=kind,
-        min_seconds=240)
-    for kind in ("learner", "actor")
-] + [
-    Run("grpo-qwen3vl-8b-1n2g-lora-async.yaml", "grpo", "qwen3-vl-2b", GRPO_SIZE + SHARED_GPU + FAULT_SIZE, fault=kind,
-        min_seconds=240)
+    Run("grpo-qwen3vl-8b-1n8g-zero3.yaml", "grpo", "qwen3-vl-2b-8l", GRPO_SIZE + SHARED_GPU + FAULT_SIZE,
+        fault="actor@2,learner@4", min_seconds=240),
+    Run("grpo-qwen3vl-8b-1n2g-lora-async.yaml", "grpo", "qwen3-vl-2b", GRPO_SIZE + SHARED_GPU + FAULT_SIZE,
+        fault="actor@2,learner@4", min_seconds=200),
+]
+#: The same four faults one run each (learner or actor after step 3), as first planned.
+FAULTS_EACH = [
+    Run(recipe, "grpo", arch, GRPO_SIZE + SHARED_GPU + FAULT_SIZE, fault=kind, min_seconds=240)
+    for recipe, arch in (("grpo-qwen3vl-8b-1n8g-zero3.yaml", "qwen3-vl-2b-8l"),
+                         ("grpo-qwen3vl-8b-1n2g-lora-async.yaml", "qwen3-vl-2b"))
     for kind in ("learner", "actor")
 ]
 #: The sweep as tuning/ documents it, as a job: 4 trials of the 2B LoRA recipe, two at a time on the one GPU
@@ -301,6 +316,37 @@ class Fault:
         print(f"[fault] {self.record['fault']}: pids {pids}", flush=True)
 
 
+class Faults:
+    """Faults in order: each is tried only once the one before it has fired."""
+
+    def __init__(self, faults: list[Fault]):
+        self.faults = faults
+
+    def __call__(self) -> None:
+        for fault in self.faults:
+            if not fault.record:
+                fault()
+                return
+
+    @property
+    def record(self) -> dict:
+        fired = [f.record for f in self.faults if f.record]
+        missing = [f"{f.kind}: not injected (step {f.at_step} never logged)" for f in self.faults if not f.record]
+        if not fired:
+            return {}
+        return {"fault": "; then ".join([r["fault"] for r in fired] + missing), "kills": fired,
+                "all_injected": not missing, "killed_at": fired[-1]["killed_at"],
+                "killed_pids": [pid for r in fired for pid in r["killed_pids"]]}
+
+    @property
+    def kind(self) -> str:
+        return ",".join(f.kind for f in self.faults)
+
+    @property
+    def at_step(self) -> str:
+        return ",".join(str(f.at_step) for f in self.faults)
+
+
 # -- the matrix -----------------------------------------------------------------------------------------
 def run_matrix(args) -> list[dict]:
     work = Path(args.work).resolve()
@@ -310,7 +356,7 @@ def run_matrix(args) -> list[dict]:
     env = start_cluster(work / "cluster", gpus=0 if args.cpu else 1, cpus=args.cpus, own_ports=args.cpu)
     try:
         client = job_client(env)
-        sets = {"matrix": MATRIX, "faults": FAULTS, "sweeps": SWEEPS}
+        sets = {"matrix": MATRIX, "faults": FAULTS, "faults-each": FAULTS_EACH, "sweeps": SWEEPS}
         runs = [run for name in args.sets for run in sets[name]]
         chosen = [r for r in runs if not args.recipes or any(n in r.recipe for n in args.recipes)]
         done = {r.get("name", r["recipe"]) for r in results if r.get("ok")} if args.skip_ok else set()
@@ -367,7 +413,8 @@ def one_job(run: Run, args, work: Path, env: dict, client) -> dict:
     try:
         job_id = submit(env, run.entry, ["--config", config, *flags, *overrides])
         memory = GpuMemory() if not args.cpu else None
-        fault = Fault(run.fault, run.fault_step, output_dir, env["VLMRL_RAY_ADDRESS"]) if run.fault else None
+        fault = Faults([Fault(kind, step, output_dir, env["VLMRL_RAY_ADDRESS"]) for kind, step in run.kills]) \
+            if run.fault else None
         timeout = min(args.job_timeout, args.cut_at - time.time()) if getattr(args, "cut_at", None) else \
             args.job_timeout
         status, waited = wait_job(client, job_id, timeout, work / f"{name}.log", on_poll=fault)
@@ -477,8 +524,9 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=1e9, help="seconds this call may take: later recipes "
                         "are skipped rather than cut off (the lent GPU machine runs 10-minute commands)")
     parser.add_argument("--cpu", action="store_true", help="dry run: tiny model, CPU only")
-    parser.add_argument("--sets", nargs="+", choices=["matrix", "faults", "sweeps"], default=["matrix"],
-                        help="which runs, in this order: the recipe matrix, the fault runs, the Tune sweeps")
+    parser.add_argument("--sets", nargs="+", choices=["matrix", "faults", "faults-each", "sweeps"],
+                        default=["matrix"], help="which runs, in this order: the recipe matrix, the fault runs "
+                        "(both kills in one run per recipe; faults-each: one kill per run), the Tune sweeps")
     parser.add_argument("--faults", dest="sets", action="store_const", const=["faults"], help="= --sets faults")
     parser.add_argument("--sweeps", dest="sets", action="store_const", const=["sweeps"], help="= --sets sweeps")
     parser.add_argument("--skip-ok", action="store_true", help="with --append: skip runs already SUCCEEDED in "

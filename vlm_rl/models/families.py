@@ -15,6 +15,9 @@ from typing import Any
 _FAMILY_OF_MODEL_TYPE = {"qwen3_vl": "qwen3_vl", "qwen2_5_vl": "qwen2_5_vl", "qwen2_vl": "qwen2_vl"}
 #: Vision patch size x spatial merge size: image sides must be multiples of this.
 _IMAGE_FACTOR = {"qwen3_vl": 32, "qwen2_5_vl": 28, "qwen2_vl": 28}
+#: Families whose text decoder the fast rollout engine drives (rollout/fast_decode.py); others sample with HF
+#: generate. Here, apart from the engine, so the time estimate models the same engine without importing it.
+FAST_DECODE_FAMILIES = ("qwen3_vl", "qwen2_5_vl")
 
 
 def is_vision_parameter(name: str) -> bool:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from vlm_rl.models.compile_cache import use_compile_cache
+from vlm_rl.models.families import FAST_DECODE_FAMILIES
 from vlm_rl.models.lora_merge import merged_lora
 from vlm_rl.rollout.fp8 import Fp8Decoder
 
@@ -42,8 +43,8 @@ def unwrap_causal_lm(model):
 
 
 #: Families whose text decoder this loop drives (same layer call, multimodal RoPE with text-only decode
-#: positions); checked against HF generate on CPU (tests/rollout/test_fast_decode.py) and GPU (tests/gpu).
-FAST_DECODE_FAMILIES = ("qwen3_vl", "qwen2_5_vl")
+#: positions; models/families.py): checked against HF generate on CPU (tests/rollout/test_fast_decode.py) and
+#: GPU (tests/gpu).
 
 
 def supports_fast_decode(model) -> bool:

@@ -12,17 +12,21 @@ text + max_new_tokens; every completion is assumed to run to max_new_tokens, an 
   decoding is memory-bandwidth-bound in principle, but HF ``generate`` was measured at ≈31 ms per step
   for 32 sequences of Qwen3-VL-2B on an H100 against a ≈1.5 ms bandwidth floor, and TRL's 8B step was
   only 1.19x its 2B step — a fixed per-token cost (kernel launches, Python) dominates. The two
-  constants reproduce both measurements. Split over rollout workers. The one-GPU colocated path on
-  Qwen3-VL decodes every completion of a step in one static CUDA-graph batch at a much smaller fixed cost
-  (FAST_/GRAPH_DECODE_STEP_OVERHEAD_S) and folds LoRA into the weights around each rollout (LORA_FOLD_*).
+  constants reproduce both measurements. Split over rollout workers. The fast engine (Qwen3-VL and
+  Qwen2.5-VL, ``rollout_engine: fast``, the default) decodes on a static CUDA graph at a much smaller fixed
+  cost: GRAPH_DECODE_STEP_OVERHEAD_S on the pool's actors, FAST_DECODE_STEP_OVERHEAD_S for the colocated
+  path's compiled step, which also decodes every completion of a step in one batch and folds LoRA into the
+  weights around each rollout (LORA_FOLD_*). Asynchronous GRPO with the actors on their own GPUs hides the
+  shorter of sampling and training (a step is the longer one); on a shared GPU they add up.
 * training: forward 2·N·tokens + backward (2·N under LoRA: frozen base weights need input gradients only;
   4·N for full fine-tuning) + 2·N with gradient checkpointing + 2·N for the reference forward when
   BETA > 0, over num_learners GPUs at TRAIN_MFU (TRAIN_MFU_COMPILED with compile_layers); ZeRO-3 adds
   ZERO3_COMM_OVERHEAD on more than one GPU. Several updates per batch (issue 25): the forward + backward runs
   once per pass (num_iterations), the reference forward once per batch, and with steps_per_generation > 1 a
   no-grad forward over all mini-batches but the first takes the proximal log-probs before the first update.
-* sync: the LoRA adapter (or all weights) to every rollout worker at SYNC_BANDWIDTH + SYNC_LATENCY; none
-  when colocated (generation reads the learner's tensors).
+* sync: the LoRA adapter (or all weights) to every rollout worker at SYNC_BANDWIDTH + SYNC_LATENCY, or as a
+  CUDA IPC buffer (IPC_SYNC_*) to an actor sharing the learner's GPU; none when colocated (generation reads
+  the learner's tensors). The fast engine prefills each prompt once for its group.
 * evaluation (EVAL_STEPS > 0): one greedy completion per validation prompt every EVAL_STEPS steps.
 
 Memory per learner GPU: bf16 weights (+ a reference copy for full fine-tuning with BETA > 0),
@@ -40,6 +44,7 @@ from typing import Any
 
 from vlm_rl.config import GRPOConfig
 from vlm_rl.learner.checkpointing import MARGIN as CHECKPOINTING_MARGIN
+from vlm_rl.models.families import FAST_DECODE_FAMILIES
 from vlm_rl.tracking.hardware import HARDWARE, HARDWARE_CHOICES, Hardware, detect_cpu, get_hardware
 from vlm_rl.tracking.model_specs import (
     HUB_IDS,
@@ -67,6 +72,11 @@ TRAIN_MFU_COMPILED = 0.5  # compile_layers: fused elementwise work; 8B learner 1
 ZERO3_COMM_OVERHEAD = 1.15  # parameter all-gathers not hidden behind compute
 SYNC_BANDWIDTH_GBPS = 5.0  # Ray object store / NCCL broadcast to rollout actors, effective GB/s
 SYNC_LATENCY_S = 0.2  # per sync per worker: ray.get, load_state_dict, cache reset
+# An actor on the learner's GPU (rollout_gpus < 1) takes the weights as one CUDA IPC buffer, device to device:
+# 0.35 GB (8B LoRA) in 0.06-0.09 s and 3.44 GB (2B full weights) in 0.031 s of pool time on an H100
+# (docs/PERFORMANCE.md, 2026-12-06/07).
+IPC_SYNC_LATENCY_S = 0.05
+IPC_SYNC_BANDWIDTH_GBPS = 100.0
 PROMPT_TEXT_TOKENS = 80  # chat template + detection instruction
 BYTES_PER_PARAM = 2  # bf16 weights
 ADAM_BYTES_PER_TRAINABLE = 12  # fp32 master weights + two fp32 moments
@@ -236,18 +246,18 @@ def _model_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[di
     kv_bytes_per_token = 2 * spec.layers * spec.kv_heads * spec.head_dim * BYTES_PER_PARAM
 
     colocated = config.rollout_mode == "colocated"
-    if colocated and spec.family == "qwen3_vl":  # one batch of every completion, static CUDA-graph decode
-        overhead = FAST_DECODE_STEP_OVERHEAD_S if config.compile_decode else GRAPH_DECODE_STEP_OVERHEAD_S
+    overhead, batch_limit = _decode_step_overhead(config, spec), config.rollout_batch_size
+    fast = _fast_decode(config, spec)
+    if colocated and fast:  # one static-graph batch of every completion
         batch_limit = completions
-    else:  # HF generate in rollout batches
-        overhead, batch_limit = DECODE_STEP_OVERHEAD_S, config.rollout_batch_size
     fold = (LORA_FOLD_S + LORA_FOLD_S_PER_GB * n * BYTES_PER_PARAM / 1e9) if colocated and config.lora_r else 0.0
 
     def generate(num_completions: int, workers: int) -> tuple[float, float]:
         per_worker = math.ceil(num_completions / workers)
         batch = min(batch_limit, per_worker)
         batches = math.ceil(per_worker / batch)
-        prefill = 2 * n * prompt_tokens * per_worker / (peak * PREFILL_MFU)
+        prompts = per_worker / config.num_generations if fast else per_worker  # fast: each prompt once
+        prefill = 2 * n * prompt_tokens * prompts / (peak * PREFILL_MFU)
         avg_context = prompt_tokens + config.max_new_tokens / 2
         step_bytes = n * BYTES_PER_PARAM + kv_bytes_per_token * avg_context * batch
         step_seconds = overhead + step_bytes / (bandwidth * DECODE_BANDWIDTH_EFFICIENCY)
@@ -271,9 +281,13 @@ def _model_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[di
     if config.zero_stage == 3 and config.num_learners > 1:
         training *= ZERO3_COMM_OVERHEAD
     trainable = trainable_params(spec, config.lora_r)
-    sync = 0.0 if colocated else workers * (  # colocated: generation reads the learner's own tensors
-        SYNC_LATENCY_S + trainable * BYTES_PER_PARAM / (SYNC_BANDWIDTH_GBPS * 1e9)
-    )
+    sync_bytes = trainable * BYTES_PER_PARAM
+    if colocated:  # generation reads the learner's own tensors
+        sync = 0.0
+    elif config.rollout_gpus < 1:  # the actor shares the learner's GPU: CUDA IPC
+        sync = workers * (IPC_SYNC_LATENCY_S + sync_bytes / (IPC_SYNC_BANDWIDTH_GBPS * 1e9))
+    else:
+        sync = workers * (SYNC_LATENCY_S + sync_bytes / (SYNC_BANDWIDTH_GBPS * 1e9))
     phases = {"generation": generation, "training": training, "sync": sync}
     if config.eval_steps > 0:
         # one greedy completion per validation prompt
@@ -352,14 +366,41 @@ def _assumptions(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> list[str]
     ]
 
 
+def _fast_decode(config: GRPOConfig, spec: ModelSpec) -> bool:
+    """The fast engine samples (static KV cache, CUDA-graphed decode): the colocated path and the pool's actors
+    alike, for the families it drives; everything else samples with HF generate."""
+    return config.rollout_engine == "fast" and spec.family in FAST_DECODE_FAMILIES
+
+
+def _decode_step_overhead(config: GRPOConfig, spec: ModelSpec) -> float:
+    if not _fast_decode(config, spec):
+        return DECODE_STEP_OVERHEAD_S
+    compiled = config.compile_decode and config.rollout_mode == "colocated"  # only the colocated step compiles
+    return FAST_DECODE_STEP_OVERHEAD_S if compiled else GRAPH_DECODE_STEP_OVERHEAD_S
+
+
 def _decode_assumption(config: GRPOConfig, spec: ModelSpec) -> str:
     bandwidth = f"{DECODE_BANDWIDTH_EFFICIENCY:.0%} of HBM bandwidth"
-    if config.rollout_mode == "colocated" and spec.family == "qwen3_vl":
-        fixed = FAST_DECODE_STEP_OVERHEAD_S if config.compile_decode else GRAPH_DECODE_STEP_OVERHEAD_S
-        kind = "compiled CUDA-graph" if config.compile_decode else "CUDA-graph"
+    fixed = _decode_step_overhead(config, spec)
+    if not _fast_decode(config, spec):
+        return f"decode {fixed * 1e3:.0f} ms/token fixed + {bandwidth} (HF generate)"
+    kind = "compiled CUDA-graph" if fixed == FAST_DECODE_STEP_OVERHEAD_S else "CUDA-graph"
+    if config.rollout_mode == "colocated":
         return (f"decode {fixed * 1e3:.1f} ms/token fixed + {bandwidth} ({kind} decode of every completion "
                 "at once, colocated: no weight sync)")
-    return f"decode {DECODE_STEP_OVERHEAD_S * 1e3:.0f} ms/token fixed + {bandwidth} (HF generate)"
+    return (f"decode {fixed * 1e3:.1f} ms/token fixed + {bandwidth} ({kind} decode on each rollout actor, "
+            f"rollout_batch_size {config.rollout_batch_size} rows at a time)")
+
+
+def _async_overlap(config: GRPOConfig, phases: dict[str, float], hw: Hardware) -> float:
+    """Seconds per step that asynchronous GRPO hides: with max_staleness > 0 the actors sample the next batch
+    while the learners train, so a step takes max(generation, training + sync) where each has its own GPUs.
+    On a shared GPU (rollout_gpus < 1) both contend for it, and the measured step is the sum (8B LoRA async
+    on one H100, 2026-12-07: 2.68 s against 1.6 s sampling + 0.95 s training each alone); on CPU they time-share
+    the cores."""
+    if config.max_staleness == 0 or config.rollout_mode != "pool" or config.rollout_gpus < 1 or hw.is_cpu:
+        return 0.0
+    return min(phases["generation"], phases["training"] + phases["sync"])
 
 
 def estimate(
@@ -383,6 +424,11 @@ def estimate(
             + ", ".join(f"{k} x{v:.3g}" for k, v in calibration.factors.items())
             + (f" on {calibration.hardware}" if calibration.hardware else "")
         )
+    hidden = _async_overlap(config, phases, hw)
+    if hidden:
+        phases["hidden by async overlap"] = -hidden
+        assumptions.append(f"asynchronous (max_staleness {config.max_staleness}) on the actors' own GPUs: "
+                           "sampling overlaps training, a step takes max(generation, training + sync)")
     per_step = sum(phases.values())
     steps = math.ceil(num_samples / config.prompts_per_step)
     peak = _memory_peak(memory, hw)

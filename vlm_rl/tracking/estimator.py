@@ -395,9 +395,9 @@ def _decode_assumption(config: GRPOConfig, spec: ModelSpec) -> str:
 def _async_overlap(config: GRPOConfig, phases: dict[str, float], hw: Hardware) -> float:
     """Seconds per step that asynchronous GRPO hides: with max_staleness > 0 the actors sample the next batch
     while the learners train, so a step takes max(generation, training + sync) where each has its own GPUs.
-    On a shared GPU (rollout_gpus < 1) both contend for it, and the measured step is the sum (8B LoRA async
-    on one H100, 2026-12-07: 2.68 s against 1.6 s sampling + 0.95 s training each alone); on CPU they time-share
-    the cores."""
+    On a shared GPU (rollout_gpus < 1) both contend for it and the step is close to the sum (8B LoRA async on
+    one H100, 2026-12-07: training 0.95 s alone, 2.6-2.9 s beside the actor's sampling; step 2.68 s); on CPU
+    they time-share the cores."""
     if config.max_staleness == 0 or config.rollout_mode != "pool" or config.rollout_gpus < 1 or hw.is_cpu:
         return 0.0
     return min(phases["generation"], phases["training"] + phases["sync"])

@@ -8,7 +8,8 @@ and each parameter is one strided copy out of it: rank ``r`` of ``W`` holds elem
 flattened parameter, ``s = ceil(numel / W)`` (the last shard zero-padded), so the gathered ``[W, shard bytes]``
 rows laid end to end are the parameter.
 
-Falls back (returns False) where shards are not plain tensors on hand: NVMe offload, hpZ secondary shards.
+``shards_on_hand`` says no where the shards are not plain tensors on hand (NVMe offload, hpZ secondary
+shards); the export then gathers through ``GatheredParameters`` as before.
 """
 
 from __future__ import annotations

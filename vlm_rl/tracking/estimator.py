@@ -252,11 +252,12 @@ def _model_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[di
         batch_limit = completions
     fold = (LORA_FOLD_S + LORA_FOLD_S_PER_GB * n * BYTES_PER_PARAM / 1e9) if colocated and config.lora_r else 0.0
 
-    def generate(num_completions: int, workers: int) -> tuple[float, float]:
+    def generate(num_completions: int, workers: int, group: int) -> tuple[float, float]:
+        """Sampling ``num_completions``, ``group`` per prompt, split over ``workers``."""
         per_worker = math.ceil(num_completions / workers)
         batch = min(batch_limit, per_worker)
         batches = math.ceil(per_worker / batch)
-        prompts = per_worker / config.num_generations if fast else per_worker  # fast: each prompt once
+        prompts = per_worker / group if fast else per_worker  # the fast engine prefills each prompt once
         prefill = 2 * n * prompt_tokens * prompts / (peak * PREFILL_MFU)
         avg_context = prompt_tokens + config.max_new_tokens / 2
         step_bytes = n * BYTES_PER_PARAM + kv_bytes_per_token * avg_context * batch
@@ -266,7 +267,7 @@ def _model_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[di
         return prefill + decode + fold, kv_gb
 
     workers = 1 if colocated else config.num_rollout_workers
-    generation, kv_gb = generate(completions, workers)
+    generation, kv_gb = generate(completions, workers, config.num_generations)
     tokens = completions * seq
     # forward 2N + backward: with LoRA the base weights are frozen (input gradients only, 2N), else 4N;
     # gradient checkpointing adds one forward; the reference forward (BETA > 0) another
@@ -291,7 +292,7 @@ def _model_phases(config: GRPOConfig, spec: ModelSpec, hw: Hardware) -> tuple[di
     phases = {"generation": generation, "training": training, "sync": sync}
     if config.eval_steps > 0:
         # one greedy completion per validation prompt
-        eval_time, _ = generate(_val_size(config), workers)
+        eval_time, _ = generate(_val_size(config), workers, 1)
         phases["evaluation"] = eval_time / config.eval_steps
 
     # memory per learner GPU

@@ -7,17 +7,16 @@ from pathlib import Path
 import pytest
 
 from vlm_rl.config import GRPOConfig
+from vlm_rl.tracking.advice import advise
 from vlm_rl.tracking.estimator import (
     HARDWARE,
-    KNOWN_MODELS,
-    advise,
     calibrate,
     canonical_phase,
     estimate,
     image_tokens,
     model_spec,
 )
-from vlm_rl.tracking.model_specs import trainable_params
+from vlm_rl.tracking.model_specs import KNOWN_MODELS, trainable_params
 
 BASE = dict(model_path="Qwen/Qwen3-VL-2B-Instruct", max_image_size=512, num_generations=4, prompts_per_step=8,
             max_new_tokens=256, lora_r=64, num_learners=1)

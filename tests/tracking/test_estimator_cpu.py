@@ -8,7 +8,8 @@ import pytest
 import vlm_rl.tracking.estimator as estimator
 import vlm_rl.tracking.hardware as hardware
 from vlm_rl.config import GRPOConfig, load_config
-from vlm_rl.tracking.estimator import advise, detect_cpu, estimate, get_hardware
+from vlm_rl.tracking.advice import advise
+from vlm_rl.tracking.estimator import detect_cpu, estimate, get_hardware
 
 RECIPE = "ray_jobs/configs/recipes/grpo-tiny-cpu.yaml"
 CPUINFO = """processor\t: 0

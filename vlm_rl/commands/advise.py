@@ -10,7 +10,8 @@ from rich.table import Table
 from vlm_rl.commands._common import add_config_arguments, config_from_args
 from vlm_rl.commands.estimate import add_hardware_arguments, hardware_from_args
 from vlm_rl.config import GRPOConfig
-from vlm_rl.tracking.estimator import Hardware, advise, estimate
+from vlm_rl.tracking.advice import advise
+from vlm_rl.tracking.estimator import Hardware, estimate
 
 NAME = "advise"
 HELP = "rank config changes that would make GRPO faster, with their estimated speedup"

@@ -16,16 +16,15 @@ from pathlib import Path
 
 from vlm_rl.config import GRPOConfig, load_config
 from vlm_rl.tracking.estimator import estimate
+from vlm_rl.tracking.model_specs import HUB_IDS
 
 REPO = Path(__file__).resolve().parents[1]
-#: the random-weight architectures gpu_recipes.py builds, as the model names the estimator knows
-KNOWN = {"qwen3-vl-2b": "Qwen/Qwen3-VL-2B-Instruct", "qwen3-vl-8b": "Qwen/Qwen3-VL-8B-Instruct"}
 SKIP_KEYS = ("output_dir", "model_path", "eval_on_start")
 
 
 def config_of(run: dict) -> GRPOConfig:
     overrides = [o for o in run["overrides"] if not o.startswith(SKIP_KEYS)]
-    overrides += [f"model_path={KNOWN[run['arch']]}", "eval_steps=0"]
+    overrides += [f"model_path={HUB_IDS[run['arch']]}", "eval_steps=0"]
     return load_config(GRPOConfig, REPO / "ray_jobs" / "configs" / "recipes" / run["recipe"], overrides, env={})
 
 
@@ -34,7 +33,7 @@ def compare(results: list[dict], hardware: str) -> list[dict]:
     for run in results:
         if run.get("entry") != "ray_jobs.grpo" or not run.get("ok") or run.get("fault") or not run.get("s_per_step"):
             continue
-        if run.get("arch") not in KNOWN:
+        if run.get("arch") not in HUB_IDS:  # gpu_recipes.py arch names; its layer cuts are not models
             rows.append({"run": run["name"], "skipped": f"{run.get('arch')}: not a model the estimator knows"})
             continue
         est = estimate(config_of(run), 8, hardware)

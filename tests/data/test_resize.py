@@ -20,6 +20,7 @@ from vlm_rl.data.schema import DatasetError, DetObject, Sample
         ((20, 10), 448, 32, (32, 32)),  # tiny: one factor
         ((100, 50), 448, 32, (96, 32)),
         ((1000, 1000), 470, 32, (448, 448)),  # 470 is no multiple: floor, not round up
+        ((2209, 2543), 274, 28, (224, 252)),  # long side floored to 9 cells, short scaled by that: not 252x252
     ],
 )
 def test_model_image_size_examples(size, max_size, factor, expected):

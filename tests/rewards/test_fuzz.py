@@ -76,13 +76,26 @@ def test_random_truncations_of_valid_answers(objects, data):
     check_rewards([text[:cut]], [objects])
 
 
+def _area(box):
+    x1, y1, x2, y2 = box
+    return (x2 - x1) * (y2 - y1) if x2 > x1 and y2 > y1 else 0.0
+
+
 @FAST
 @given(OBJECTS)
 def test_own_answer_is_perfect(objects):
-    nondegenerate = [o for o in objects if o["bbox_2d"][2] > o["bbox_2d"][0] and o["bbox_2d"][3] > o["bbox_2d"][1]]
+    # degenerate as box_iou defines it: a box whose float area is 0 (sides under ~1e-160 underflow) cannot match
+    nondegenerate = [o for o in objects if _area(o["bbox_2d"]) > 0]
     text = json.dumps(nondegenerate)
     assert format_reward([text]) == [1.0]
     assert detection_reward([text], [nondegenerate]) == [1.0]
+
+
+def test_box_whose_area_underflows_is_degenerate():
+    """The case hypothesis found: positive sides of 2e-257 px give a float area of 0, so the box matches nothing."""
+    tiny = [0.0, 0.0, 2.1545696810195056e-257, 2.1545696810195056e-257]
+    assert box_iou(tiny, tiny) == 0.0
+    assert box_iou([0.0, 0.0, 1e-150, 1e-150], [0.0, 0.0, 1e-150, 1e-150]) == 1.0
 
 
 @FAST

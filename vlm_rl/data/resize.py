@@ -33,13 +33,17 @@ def model_image_size(width: int, height: int, max_image_size: int, factor: int) 
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if max_image_size <= 0 or factor <= 0:
         raise ValueError(f"max_image_size and factor must be positive, got {max_image_size}, {factor}")
-    scale = min(1.0, max_image_size / max(width, height))
 
-    def side(original: int) -> int:
+    def side(original: int, scale: float) -> int:
         cap = max(1, min(original, max_image_size) // factor)
         return max(1, min(_round_half_up(original * scale / factor), cap)) * factor
 
-    return side(width), side(height)
+    # The long side is fitted first and the short one scaled by what the long side really got: capping the
+    # long side alone (e.g. 9.8 cells floored to 9) would otherwise distort the aspect by up to a cell.
+    long_side, short_side = max(width, height), min(width, height)
+    fitted_long = side(long_side, min(1.0, max_image_size / long_side))
+    fitted_short = side(short_side, fitted_long / long_side)
+    return (fitted_long, fitted_short) if width >= height else (fitted_short, fitted_long)
 
 
 def rescale_objects(

@@ -35,6 +35,7 @@ def test_model_image_size_properties(w, h, max_size, factor):
     assert nw % factor == 0 and nh % factor == 0 and nw >= factor and nh >= factor
     assert max(nw, nh) <= max(max_size, factor)
     assert nw <= max(w, factor) and nh <= max(h, factor)
+    assert model_image_size(nw, nh, max_size, factor) == (nw, nh)  # a preprocessed dataset is not resized again
     if min(w, h) * min(1, max_size / max(w, h)) >= 8 * factor:  # aspect kept up to rounding to the grid
         assert abs(nw / nh - w / h) / (w / h) < 0.15
 

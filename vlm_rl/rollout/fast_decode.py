@@ -42,13 +42,10 @@ def unwrap_causal_lm(model):
     return model
 
 
-#: Families whose text decoder this loop drives (same layer call, multimodal RoPE with text-only decode
-#: positions; models/families.py): checked against HF generate on CPU (tests/rollout/test_fast_decode.py) and
-#: GPU (tests/gpu).
-
-
 def supports_fast_decode(model) -> bool:
-    """True for the families in FAST_DECODE_FAMILIES; other models fall back to HF generate."""
+    """True for the families in FAST_DECODE_FAMILIES (same layer call, multimodal RoPE with text-only decode
+    positions; checked against HF generate on CPU, tests/rollout/test_fast_decode.py, and GPU, tests/gpu);
+    other models fall back to HF generate."""
     lm = unwrap_causal_lm(model)
     return getattr(lm.config, "model_type", None) in FAST_DECODE_FAMILIES
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vlm_rl.config import GRPOConfig
+from vlm_rl.config import GRPOConfig, load_config
 from vlm_rl.tracking.advice import advise
 from vlm_rl.tracking.estimator import (
     HARDWARE,
@@ -205,8 +205,6 @@ def test_one_gpu_fast_path_is_modelled_and_advised():
 
 
 def _recipe(name: str, **overrides) -> GRPOConfig:
-    from vlm_rl.config import load_config
-
     size = dict(num_steps=4, prompts_per_step=8, num_generations=4, max_new_tokens=128, eval_steps=0,
                 rollout_batch_size=32, num_learners=1)
     path = Path(__file__).resolve().parents[2] / "ray_jobs" / "configs" / "recipes" / name
